@@ -1,0 +1,1 @@
+"""From a trained checkpoint to ONNX, precision artifacts (FP16, INT8 Q/DQ) and TensorRT engines."""

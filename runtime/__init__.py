@@ -1,0 +1,1 @@
+"""Thin, torch-free runtime: landmark schema, preprocessing, metrics (and, later, inference backends)."""

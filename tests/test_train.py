@@ -1,0 +1,65 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, needs_dlib
+
+
+@needs_dlib
+def test_short_training_run_loss_falls_and_resumes(small_faces, tmp_cache, tmp_path):
+    from train import checkpoint
+    from train.train import main
+
+    out = tmp_path / "run"
+    args = ["--faces", str(small_faces), "--out", str(out), "--batch", "8", "--seed", "1"]
+    result = main(args + ["--epochs", "4"])
+    losses = [h["train_loss"] for h in result["history"]]
+    assert len(losses) == 4
+    assert losses[-1] < 0.7 * losses[0], losses
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(out / name, weights_only=True)  # the format later stages rely on
+        assert state["config"]["input_size"] == 256 and state["preprocess"]["version"]
+        assert state["schema"]["num_landmarks"] == 68
+    assert checkpoint.load_model(out / "best.pt").fc.out_features == 136
+
+    resumed = main(args + ["--epochs", "5", "--resume"])
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
+    assert resumed["history"][:4] == result["history"]
+
+
+@needs_dlib
+def test_checkpoint_errors(tmp_path):
+    from train import checkpoint
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt"):
+        checkpoint.load(bad)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        checkpoint.load(tmp_path / "missing.pt")
+    other = tmp_path / "other.pt"
+    torch.save({"model": {}}, other)
+    with pytest.raises(ValueError, match="not a MobileNet-L checkpoint"):
+        checkpoint.load(other)
+
+
+@needs_dlib
+@pytest.mark.slow
+def test_distributed_two_processes_on_cpu(small_faces, tmp_cache, tmp_path):
+    from train.annotate import annotate
+
+    annotate(small_faces, workers=1)  # label once, before the two ranks start
+    out = tmp_path / "ddp"
+    env = dict(os.environ, LANDMARK_CACHE=str(tmp_cache), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train.train",
+           "--faces", str(small_faces), "--out", str(out), "--epochs", "2", "--batch", "8"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["world_size"] == 2 and state["epoch"] == 2
+    # each rank saw half of the 48 training faces: 3 steps of 8 per epoch
+    assert len(json.loads((out / "history.json").read_text())) == 2

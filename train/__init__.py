@@ -1,0 +1,1 @@
+"""Training, teacher labelling and evaluation of the PyTorch reference (MobileNet-L)."""

@@ -1,0 +1,184 @@
+"""The paper's occlusion evaluation: NMSE clean, under Liu et al. masks by coverage bin, and the centre square.
+
+    python -m train.evaluate --checkpoint weights/mobilenet_l.pt --faces ../shared/data/faces \
+        --masks ../shared/data/masks/nvidia_irregular_test --split test --json OUT.json
+
+Each face is cropped from its teacher box (found on the clean image), the mask is
+applied to the 256x256 crop, and predictions are mapped back to image pixels.
+The mask for each (face, bin) is fixed by --seed, so runs and models are comparable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime.metrics import nmse_per_face
+from runtime.preprocess import crop_matrix, output_to_image, read_image, warp
+
+from .annotate import annotate
+from .data import DEFAULT_FACES, DEFAULT_MASKS, atomic_write_bytes, labels_path, load_labels, read_split
+from .occlusion import CONDITIONS, eval_mask, occlude
+from .pose import SIDE_YAW_DEG, yaw_degrees
+
+# Predictor: uint8 BGR crops (N, 256, 256, 3) -> normalised landmarks (N, 68, 2).
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+PAPER = {  # MobileNet-L, PAPER.md Tables 3 and 4
+    "frontal": {"10-20": 2.64, "30-40": 3.67, "40-50": 5.75, "50-60": 6.26, "center25": 9.54},
+    "side": {"10-20": 5.36, "30-40": 7.25, "40-50": 10.27, "50-60": 11.80, "center25": 12.13},
+}
+
+
+@dataclass
+class Face:
+    path: str
+    box: np.ndarray
+    landmarks: np.ndarray
+    yaw: float
+
+
+def load_faces(faces_dir: Path, split: str, limit: int | None = None) -> list[Face]:
+    """Teacher-labelled faces of a split (labelling any that are missing first)."""
+    paths = read_split(faces_dir, split)
+    if not paths:
+        raise SystemExit(f"{faces_dir}: no images in split {split!r}")
+    labelled = load_labels(faces_dir, paths) if labels_path(faces_dir).exists() else None
+    if labelled is None or len(labelled.paths) < len(paths):
+        annotate(faces_dir, split)  # labels what is missing; failures stay listed in the report
+        labelled = load_labels(faces_dir, paths)
+    if len(labelled.paths) < len(paths):
+        print(f"note: {len(paths) - len(labelled.paths)} of {len(paths)} {split} images have no teacher label "
+              f"(see the annotate report) and are not evaluated", file=sys.stderr)
+    faces = [Face(p, b, l, yaw_degrees(l)) for p, b, l in zip(labelled.paths, labelled.boxes, labelled.landmarks)]
+    return faces[:limit]
+
+
+def occluded_crops(faces_dir: Path, face: Face, masks_dir: Path | None, conditions, seed: int):
+    """(crop matrix, {condition: (mask id, occluded uint8 crop)}) for one face."""
+    image = read_image(Path(faces_dir) / face.path)
+    m = crop_matrix(face.box)
+    crop = warp(image, m)
+    out = {}
+    for cond in conditions:
+        mask_id, mask = eval_mask(cond, masks_dir, face.path, seed)
+        out[cond] = (mask_id, occlude(crop, mask))
+    return m, out
+
+
+def summarise(per_face: dict[str, np.ndarray], yaws: np.ndarray, threshold: float) -> dict:
+    side = yaws >= threshold
+    groups = {"all": np.ones_like(side), "frontal": ~side, "side": side}
+    return {
+        "n_faces": {g: int(sel.sum()) for g, sel in groups.items()},
+        "nmse": {g: {c: (float(v[sel].mean()) if sel.any() else None) for c, v in per_face.items()}
+                 for g, sel in groups.items()},
+    }
+
+
+def evaluate(predict: Predictor, faces_dir: Path, masks_dir: Path | None, split: str = "test",
+             limit: int | None = None, seed: int = 0, batch: int = 64,
+             conditions=CONDITIONS, threshold: float = SIDE_YAW_DEG) -> tuple[dict, dict]:
+    """Run the protocol with any predictor; returns (summary, per-face NMSE arrays by condition)."""
+    faces = load_faces(faces_dir, split, limit)
+    per_face = {c: np.zeros(len(faces)) for c in conditions}
+    for start in tqdm(range(0, len(faces), batch), desc="evaluating", unit="batch"):
+        chunk = faces[start:start + batch]
+        mats, crops, keys = [], [], []
+        for face in chunk:
+            m, by_cond = occluded_crops(faces_dir, face, masks_dir, conditions, seed)
+            mats.append(m)
+            for cond in conditions:
+                crops.append(by_cond[cond][1])
+                keys.append(cond)
+        preds = predict(np.stack(crops)).reshape(len(chunk), len(conditions), 68, 2)
+        for j, face in enumerate(chunk):
+            for k, cond in enumerate(conditions):
+                pts = output_to_image(preds[j, k], mats[j])
+                per_face[cond][start + j] = nmse_per_face(pts, face.landmarks)
+    yaws = np.array([f.yaw for f in faces])
+    return summarise(per_face, yaws, threshold), per_face
+
+
+def torch_predictor(model, batch_threads: int | None = None) -> Predictor:
+    import torch
+
+    from runtime.preprocess import to_input
+
+    @torch.no_grad()
+    def predict(crops: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(to_input(crops))).numpy()
+
+    return predict
+
+
+def torch_ms_per_face(model, runs: int = 50) -> float:
+    """Median batch-1 forward time (ms) of a PyTorch model on this machine."""
+    import torch
+
+    x = torch.zeros(1, 3, 256, 256)
+    times = []
+    with torch.no_grad():
+        for i in range(runs + 5):
+            t = time.perf_counter()
+            model(x)
+            if i >= 5:
+                times.append((time.perf_counter() - t) * 1000)
+    return float(np.median(times))
+
+
+def format_tables(result: dict, title: str = "MobileNet-L (ours)") -> str:
+    """Tables shaped like the paper's Tables 3 (frontal) and 4 (side), plus all faces with the clean column."""
+    cols = ["10-20", "30-40", "40-50", "50-60", "center25"]
+    fmt = lambda v: "  n/a" if v is None else f"{v:5.2f}"
+    lines = []
+    for group, paper_name in (("frontal", "Table 3"), ("side", "Table 4"), ("all", None)):
+        n = result["n_faces"][group]
+        head = f"{group} faces (n={n})" + (f", cf. paper {paper_name}" if paper_name else "")
+        lines += ["", head, f"{'method':<24}| clean | " + " | ".join(f"{c:>8}" for c in cols)]
+        row = result["nmse"][group]
+        lines.append(f"{title:<24}| {fmt(row.get('clean'))} | " + " | ".join(f"{fmt(row.get(c)):>8}" for c in cols))
+        if group in PAPER:
+            lines.append(f"{'MobileNet-L (paper)':<24}|   -   | " + " | ".join(f"{PAPER[group][c]:8.2f}" for c in cols))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, default=Path("weights/mobilenet_l.pt"))
+    ap.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="face folder (default: %(default)s)")
+    ap.add_argument("--masks", type=Path, default=DEFAULT_MASKS, help="Liu et al. test masks (default: %(default)s)")
+    ap.add_argument("--split", default="test", help="split of splits.csv to evaluate (default: %(default)s)")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--limit", type=int, help="evaluate only the first N faces")
+    ap.add_argument("--seed", type=int, default=0, help="mask selection seed (default: %(default)s)")
+    ap.add_argument("--yaw-threshold", type=float, default=SIDE_YAW_DEG,
+                    help="|yaw| in degrees from which a face counts as side (default: %(default)s)")
+    args = ap.parse_args(argv)
+
+    from .checkpoint import load_model
+
+    model = load_model(args.checkpoint)
+    if not args.masks.is_dir():
+        raise SystemExit(f"{args.masks}: Liu et al. mask folder not found (--masks)")
+    result, _ = evaluate(torch_predictor(model), args.faces, args.masks, args.split, args.limit, args.seed,
+                         threshold=args.yaw_threshold)
+    result["ms_per_face"] = torch_ms_per_face(model)
+    print(format_tables(result))
+    print(f"\nPyTorch batch-1 forward: {result['ms_per_face']:.2f} ms per face (median); "
+          f"side = |yaw| >= {args.yaw_threshold:g} deg")
+    if args.json:
+        atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())
+        print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

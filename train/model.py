@@ -1,0 +1,198 @@
+"""MobileNet-L (Pang et al., Electronics 2025, Table 1): MobileNetV3-small backbone + S1/S2/S3 head.
+
+The backbone is a table of block configurations, one row per line of Table 1.
+Activations are nn.Hardswish / nn.Hardsigmoid / nn.ReLU and SE is
+GlobalAveragePool -> Conv -> ReLU -> Conv -> HardSigmoid -> Mul, so the ONNX
+graph holds only ops TensorRT fuses (no Shape/Gather/Reshape in the backbone).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    kernel: int
+    expand: int
+    out: int
+    se: bool
+    act: str  # "HS" hard-swish or "RE" relu
+    stride: int
+
+
+# Table 1: input conv (16, HS, stride 2) then these bottlenecks.
+MOBILENET_L_BLOCKS: tuple[BlockConfig, ...] = (
+    BlockConfig(3, 16, 16, True, "RE", 2),
+    BlockConfig(3, 72, 24, False, "RE", 2),
+    BlockConfig(3, 88, 24, False, "RE", 1),
+    BlockConfig(5, 96, 40, True, "HS", 2),
+    BlockConfig(5, 240, 40, True, "HS", 1),
+    BlockConfig(5, 240, 40, True, "HS", 1),
+    BlockConfig(5, 120, 48, True, "HS", 1),
+    BlockConfig(5, 144, 48, True, "HS", 1),
+    BlockConfig(5, 288, 96, True, "HS", 2),
+    BlockConfig(5, 576, 96, True, "HS", 1),
+    BlockConfig(5, 576, 96, True, "HS", 1),
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; stored in checkpoints."""
+
+    name: str = "mobilenet_l"
+    input_size: int = 256
+    num_landmarks: int = 68
+    stem: int = 16
+    c2: int = 576  # 1x1 conv on C1
+    s3_hidden: int = 1024
+    s1: int = 128
+    s2: int = 128
+    s3: int = 64
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _act(kind: str) -> nn.Module:
+    return nn.Hardswish() if kind == "HS" else nn.ReLU()
+
+
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+class ConvBNAct(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: str | None = "HS"):
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        if act:
+            layers.append(_act(act))
+        super().__init__(*layers)
+
+
+class SqueezeExcite(nn.Module):
+    """x * hardsigmoid(W2 relu(W1 avgpool(x))), as in MobileNetV3."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        squeeze = _make_divisible(channels // 4)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))
+
+
+class InvertedResidual(nn.Module):
+    """bneck: 1x1 expand + BN + NL, kxk depthwise + BN + NL, optional SE, 1x1 linear projection + BN."""
+
+    def __init__(self, cin: int, cfg: BlockConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        if cfg.expand != cin:
+            layers.append(ConvBNAct(cin, cfg.expand, 1, act=cfg.act))
+        layers.append(ConvBNAct(cfg.expand, cfg.expand, cfg.kernel, cfg.stride, groups=cfg.expand, act=cfg.act))
+        if cfg.se:
+            layers.append(SqueezeExcite(cfg.expand))
+        layers.append(ConvBNAct(cfg.expand, cfg.out, 1, act=None))
+        self.block = nn.Sequential(*layers)
+        self.residual = cfg.stride == 1 and cin == cfg.out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class MobileNetL(nn.Module):
+    """256x256 RGB face crop -> (N, 68, 2) landmarks in normalised crop coordinates."""
+
+    def __init__(self, config: ModelConfig = ModelConfig(), blocks: tuple[BlockConfig, ...] = MOBILENET_L_BLOCKS):
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = [ConvBNAct(3, config.stem, 3, stride=2, act="HS")]
+        cin = config.stem
+        for cfg in blocks:
+            layers.append(InvertedResidual(cin, cfg))
+            cin = cfg.out
+        self.features = nn.Sequential(*layers)  # -> C1 (8x8x96)
+        self.conv_c2 = ConvBNAct(cin, config.c2, 1, act="HS")  # -> C2 (8x8x576)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # the 8x8 average pools of Table 1
+        self.s3 = nn.Sequential(
+            nn.Conv2d(config.c2, config.s3_hidden, 1), nn.Hardswish(), nn.Conv2d(config.s3_hidden, config.s3, 1)
+        )
+        self.s1 = nn.Conv2d(cin, config.s1, 1)
+        self.s2 = nn.Conv2d(config.c2, config.s2, 1)
+        self.fc = nn.Linear(config.s1 + config.s2 + config.s3, config.num_landmarks * 2)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.fc.weight, std=1e-3)
+        nn.init.constant_(self.fc.bias, 0.5)  # start at the crop centre
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c1 = self.features(x)
+        c2 = self.conv_c2(c1)
+        s1 = self.pool(self.s1(c1))
+        s2 = self.pool(self.s2(c2))
+        s3 = self.s3(self.pool(c2))
+        s = torch.cat([s1, s2, s3], dim=1).flatten(1)
+        return self.fc(s).view(-1, self.config.num_landmarks, 2)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, input_size: int = 256) -> int:
+    """Multiply-adds of one forward pass (convs and linear layers), counted with forward hooks."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, inp, out):
+        nonlocal total
+        total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m: nn.Linear, inp, out):
+        nonlocal total
+        total += out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        model(torch.zeros(1, 3, input_size, input_size))
+        model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return total
+
+
+def main() -> None:
+    argparse.ArgumentParser(description="Print MobileNet-L's parameter count and multiply-adds.").parse_args()
+    model = MobileNetL()
+    macs = count_flops(model)
+    print(f"MobileNet-L: {count_parameters(model) / 1e6:.3f} M parameters, {macs / 1e9:.3f} G multiply-adds "
+          f"= {2 * macs / 1e9:.3f} GFLOPs at 256x256 (paper: about 1.7 M and 0.16 GFLOPs)")
+
+
+if __name__ == "__main__":
+    main()
