@@ -1,1 +1,17 @@
-"""Thin, torch-free runtime: landmark schema, preprocessing, metrics (and, later, inference backends)."""
+"""Thin, torch-free runtime: landmark schema, preprocessing, metrics, inference backends and the one-line API.
+
+    from runtime import LandmarkDetector, detect_faces
+    det = LandmarkDetector("model.onnx")   # or "model.engine"
+    pts = det.predict(image_bgr)           # (68, 2) image pixels
+"""
+from .detector import LandmarkDetector
+
+__all__ = ["LandmarkDetector", "detect_faces"]
+
+
+def __getattr__(name: str):
+    if name == "detect_faces":  # imported on first use: it may load dlib
+        from .faces import detect_faces
+
+        return detect_faces
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")

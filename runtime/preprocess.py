@@ -132,6 +132,13 @@ def to_input(crops_bgr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / 127.5 - 1.0)
 
 
+def occlude(crop: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Occlusion as in the paper: Hadamard product of a uint8 HxWx3 crop and an HxW {0,1} mask (1 = kept)."""
+    if mask is None:
+        return crop
+    return (crop * mask[:, :, None]).astype(crop.dtype)
+
+
 def preprocess(image: np.ndarray, box=None) -> tuple[np.ndarray, np.ndarray]:
     """Image (+ optional face box) -> (1x3x256x256 float32 input, 2x3 crop matrix)."""
     image = ensure_bgr(image)

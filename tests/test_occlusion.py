@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from runtime.preprocess import occlude
 from train.occlusion import (
-    LIU_BINS, bin_of, center_mask, coverage, eval_mask, occlude, pick_liu_mask, random_training_mask,
+    LIU_BINS, bin_of, center_mask, coverage, eval_mask, pick_liu_mask, random_training_mask,
 )
 from tests.conftest import MASKS, needs_masks
 

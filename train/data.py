@@ -5,31 +5,18 @@ import csv
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from runtime.files import atomic_write_bytes  # noqa: F401  (re-exported for train/, export/, calibration/)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 DEFAULT_DATA = Path(os.environ.get("FACES_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DEFAULT_FACES = DEFAULT_DATA / "faces"
 DEFAULT_MASKS = DEFAULT_DATA / "masks" / "nvidia_irregular_test"
 CACHE_ROOT = Path(os.environ.get("LANDMARK_CACHE", Path(__file__).resolve().parents[1] / "cache"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def list_images(faces_dir: Path) -> list[str]:

@@ -21,11 +21,11 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.metrics import nmse_per_face
-from runtime.preprocess import crop_matrix, output_to_image, read_image, warp
+from runtime.preprocess import crop_matrix, occlude, output_to_image, read_image, warp
 
 from .annotate import annotate
 from .data import DEFAULT_FACES, DEFAULT_MASKS, atomic_write_bytes, labels_path, load_labels, read_split
-from .occlusion import CONDITIONS, eval_mask, occlude
+from .occlusion import CONDITIONS, eval_mask
 from .pose import SIDE_YAW_DEG, yaw_degrees
 
 # Predictor: uint8 BGR crops (N, 256, 256, 3) -> normalised landmarks (N, 68, 2).
@@ -62,14 +62,14 @@ def load_faces(faces_dir: Path, split: str, limit: int | None = None) -> list[Fa
 
 
 def occluded_crops(faces_dir: Path, face: Face, masks_dir: Path | None, conditions, seed: int):
-    """(crop matrix, {condition: (mask id, occluded uint8 crop)}) for one face."""
+    """(crop matrix, {condition: (mask id, mask or None, occluded uint8 crop)}) for one face."""
     image = read_image(Path(faces_dir) / face.path)
     m = crop_matrix(face.box)
     crop = warp(image, m)
     out = {}
     for cond in conditions:
         mask_id, mask = eval_mask(cond, masks_dir, face.path, seed)
-        out[cond] = (mask_id, occlude(crop, mask))
+        out[cond] = (mask_id, mask, occlude(crop, mask))
     return m, out
 
 
@@ -96,7 +96,7 @@ def evaluate(predict: Predictor, faces_dir: Path, masks_dir: Path | None, split:
             m, by_cond = occluded_crops(faces_dir, face, masks_dir, conditions, seed)
             mats.append(m)
             for cond in conditions:
-                crops.append(by_cond[cond][1])
+                crops.append(by_cond[cond][2])
                 keys.append(cond)
         preds = predict(np.stack(crops)).reshape(len(chunk), len(conditions), 68, 2)
         for j, face in enumerate(chunk):

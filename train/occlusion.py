@@ -24,13 +24,6 @@ LIU_BIN_FILES = 2000
 CONDITIONS = ("clean", "10-20", "30-40", "40-50", "50-60", "center25")
 
 
-def occlude(crop: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Hadamard product of a uint8 HxWx3 crop and an HxW {0,1} mask (holes become black)."""
-    if mask is None:
-        return crop
-    return (crop * mask[:, :, None]).astype(crop.dtype)
-
-
 def coverage(mask: np.ndarray) -> float:
     """Fraction of hole pixels."""
     return float(1.0 - mask.mean())

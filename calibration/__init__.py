@@ -1,0 +1,1 @@
+"""INT8 calibration data: images from a CelebA-HQ-style folder, preprocessed the one shared way."""

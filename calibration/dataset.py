@@ -1,0 +1,87 @@
+"""The calibration set: N training images, half clean and half occluded with training masks.
+
+Both INT8 paths (ModelOpt Q/DQ on the CPU, TensorRT's implicit calibrators on
+8.5-10.x) read the same set, so their scales come from the same pixels. Its
+``key`` names the images, the masks' seed and the preprocessing version; a
+calibration cache carries that key and is refused when it does not match.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime.preprocess import (
+    PREPROCESS_VERSION, ImageError, crop_matrix, occlude, read_image, to_input, warp, whole_image_box,
+)
+from train.data import labels_path, load_labels, read_split
+from train.occlusion import random_training_mask
+
+DEFAULT_COUNT = 512
+
+
+@dataclass
+class CalibrationSet:
+    inputs: np.ndarray  # float32 (N, 3, 256, 256), network-ready
+    paths: list[str]
+    occluded: np.ndarray  # bool (N,)
+    key: str  # sha256 of (paths, seed, preprocessing version)
+    framing: str  # "teacher boxes" or "whole image"
+
+    def batches(self, batch: int):
+        for i in range(0, len(self.inputs), batch):
+            yield self.inputs[i:i + batch]
+
+
+def calibration_key(paths: list[str], seed: int) -> str:
+    doc = json.dumps({"paths": paths, "seed": seed, "preprocess": PREPROCESS_VERSION, "occluded": "every 2nd"})
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def select_images(faces_dir: Path, count: int = DEFAULT_COUNT, seed: int = 0) -> list[str]:
+    """``count`` images of the training split (all images if there is no splits.csv), chosen by seed."""
+    paths = read_split(faces_dir, "train") or read_split(faces_dir, "all")
+    if not paths:
+        raise SystemExit(f"{faces_dir}: no images to calibrate on")
+    if count > len(paths):
+        print(f"note: only {len(paths)} calibration images in {faces_dir} (asked for {count})", file=sys.stderr)
+        count = len(paths)
+    rng = np.random.default_rng(seed)
+    return sorted(paths[i] for i in rng.choice(len(paths), size=count, replace=False))
+
+
+def build_calibration_set(faces_dir: Path, count: int = DEFAULT_COUNT, seed: int = 0) -> CalibrationSet:
+    """Preprocess the selected images; every second one is occluded with a training mask.
+
+    Faces are cropped from their teacher boxes when the folder has been labelled
+    (``train.annotate``); otherwise each image is taken whole, as an aligned crop.
+    """
+    faces_dir = Path(faces_dir)
+    paths = select_images(faces_dir, count, seed)
+    boxes = {}
+    if labels_path(faces_dir).exists():
+        labels = load_labels(faces_dir, paths)
+        boxes = dict(zip(labels.paths, labels.boxes))
+    rng = np.random.default_rng([seed, 1])
+    inputs, used, occluded = [], [], []
+    for i, rel in enumerate(tqdm(paths, desc="calibration set", unit="img")):
+        try:
+            image = read_image(faces_dir / rel)
+        except ImageError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+            continue
+        box = boxes.get(rel, whole_image_box(*image.shape[:2]))
+        crop = warp(image, crop_matrix(box))
+        mask = random_training_mask(rng) if i % 2 else None
+        inputs.append(to_input(occlude(crop, mask))[0])
+        used.append(rel)
+        occluded.append(mask is not None)
+    if not inputs:
+        raise SystemExit(f"{faces_dir}: none of the calibration images could be read")
+    return CalibrationSet(np.stack(inputs), used, np.array(occluded), calibration_key(used, seed),
+                          "teacher boxes" if boxes else "whole image")

@@ -1,0 +1,134 @@
+"""Precision artifacts from the FP32 ONNX, made with NVIDIA TensorRT Model Optimizer on the CPU.
+
+    python export/quantize.py --onnx OUT.onnx --calib-faces ../shared/data/faces \
+        --int8 OUT.int8.onnx --fp16 OUT.fp16.onnx
+
+TensorRT 11 builds only strongly typed networks (no FP16/INT8 builder flags, no
+calibrators), so precision must live in the graph: FP16 as an FP16 graph with
+float32 inputs and outputs, INT8 as explicit QuantizeLinear/DequantizeLinear
+pairs placed the way TensorRT fuses them. TensorRT 8.5-10.x builds the same
+two files. Both run in ONNX Runtime on the CPU, which is how their accuracy is
+checked here.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import hashlib
+import json
+import logging
+import tempfile
+
+import onnx
+
+from calibration.dataset import DEFAULT_COUNT, CalibrationSet, build_calibration_set
+from train.data import DEFAULT_FACES, atomic_write_bytes
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_metadata(model: onnx.ModelProto | Path) -> dict[str, str]:
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    merged = {p.key: p.value for p in model.metadata_props} | props
+    del model.metadata_props[:]
+    for key, value in merged.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def _finish(model: onnx.ModelProto, src: Path, dst: Path, props: dict[str, str]) -> Path:
+    """Carry the FP32 file's metadata over, add the artifact's own, and write atomically."""
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    set_metadata(model, read_metadata(src) | {"source_onnx_sha256": sha256_file(src), "opset": str(opset)} | props)
+    onnx.checker.check_model(model)
+    atomic_write_bytes(Path(dst), model.SerializeToString())
+    return Path(dst)
+
+
+def _modelopt_version() -> str:
+    from importlib.metadata import version
+
+    return version("nvidia-modelopt")
+
+
+def _quiet_modelopt() -> None:
+    for name in ("modelopt", "modelopt.onnx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def make_fp16(src: Path, dst: Path) -> Path:
+    """FP16 graph (float32 input and output kept) via modelopt.onnx.autocast."""
+    from modelopt.onnx.autocast import convert_to_f16
+
+    _quiet_modelopt()
+    model = convert_to_f16(onnx.load(str(src)), low_precision_type="fp16", keep_io_types=True)
+    return _finish(model, src, dst, {"precision": "fp16", "modelopt": _modelopt_version()})
+
+
+def make_int8(src: Path, dst: Path, calib_set: CalibrationSet, method: str = "entropy") -> Path:
+    """INT8 Q/DQ graph via modelopt.onnx.quantization.quantize, calibrated on ``calib_set`` on the CPU.
+
+    Weights are quantized per output channel and activations per tensor, symmetric
+    (zero points 0), as TensorRT requires; layers left unquantized stay FP32 here.
+    """
+    from modelopt.onnx.quantization import quantize
+
+    if method not in ("entropy", "max"):
+        raise ValueError(f"calibration method {method!r}: use entropy or max")
+    _quiet_modelopt()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "int8.onnx"
+        quantize(str(src), quantize_mode="int8", calibration_data=calib_set.inputs, calibration_method=method,
+                 calibration_eps=["cpu"], output_path=str(out), high_precision_dtype="fp32", log_level="WARNING")
+        model = onnx.load(str(out))
+    return _finish(model, src, dst, {
+        "precision": "int8", "calibration_key": calib_set.key, "calibration_method": method,
+        "calibration_images": str(len(calib_set.paths)), "calibration_framing": calib_set.framing,
+        "modelopt": _modelopt_version(),
+    })
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--onnx", type=Path, required=True, help="FP32 ONNX from export/export_onnx.py")
+    ap.add_argument("--fp16", type=Path, help="write the FP16 graph here")
+    ap.add_argument("--int8", type=Path, help="write the INT8 Q/DQ graph here (needs --calib-faces)")
+    ap.add_argument("--calib-faces", type=Path, default=DEFAULT_FACES,
+                    help="CelebA-HQ-style folder; calibration uses its train split (default: %(default)s)")
+    ap.add_argument("--calib-count", type=int, default=DEFAULT_COUNT, help="calibration images (default: %(default)s)")
+    ap.add_argument("--calib-method", choices=["entropy", "max"], default="entropy",
+                    help="activation range calibration (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="calibration image selection seed (default: %(default)s)")
+    args = ap.parse_args(argv)
+    if not args.onnx.is_file():
+        ap.error(f"{args.onnx}: no such ONNX file")
+    precision = read_metadata(args.onnx).get("precision", "fp32")
+    if precision != "fp32":
+        ap.error(f"{args.onnx} is already {precision}: give the FP32 export")
+    if not (args.fp16 or args.int8):
+        ap.error("nothing to do: give --fp16 and/or --int8")
+    if args.fp16:
+        print(f"wrote {make_fp16(args.onnx, args.fp16)}")
+    if args.int8:
+        if not args.calib_faces.is_dir():
+            ap.error(f"{args.calib_faces}: calibration folder not found (--calib-faces)")
+        calib = build_calibration_set(args.calib_faces, args.calib_count, args.seed)
+        print(f"calibration set: {len(calib.paths)} images ({int(calib.occluded.sum())} occluded, "
+              f"{calib.framing}), key {calib.key[:12]}")
+        print(f"wrote {make_int8(args.onnx, args.int8, calib, args.calib_method)}")
+    print(json.dumps({"fp16": str(args.fp16) if args.fp16 else None, "int8": str(args.int8) if args.int8 else None}))
+
+
+if __name__ == "__main__":
+    main()
