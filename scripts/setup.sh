@@ -8,4 +8,4 @@ PY=${PYTHON:-python3}
 pip install -q --upgrade pip
 # Ask for the exact CPU build first: any looser torch request would pull a multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
-pip install -q -e ".[teacher,dev]"
+pip install -q -e ".[teacher,quantize,dev]"

@@ -1,0 +1,140 @@
+"""Build a TensorRT engine from an ONNX file, with a JSON sidecar saying what it was built for.
+
+Engines are tied to the TensorRT version and the GPU they were built on; the sidecar records both so
+``runtime.tensorrt_backend`` can refuse an engine from elsewhere with a clear message. All TensorRT
+version differences live in ``runtime.tensorrt_shim``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runtime import tensorrt_shim as shim
+from runtime.files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from calibration.dataset import CalibrationSet
+
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_BATCH = (1, 1, 8)
+DEFAULT_WORKSPACE_MB = 1024
+
+
+def sidecar_path(engine_path: str | Path) -> Path:
+    """``model.engine`` -> ``model.engine.json``."""
+    return Path(f"{engine_path}.json")
+
+
+def sha256_file(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def onnx_precision(path: str | Path) -> str:
+    """The ONNX file's precision from its ``precision`` metadata; fp32 when absent (a plain export)."""
+    precision = onnx_metadata(path).get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"{path}: unknown precision {precision!r} in its metadata (expected {', '.join(PRECISIONS)})")
+    return precision
+
+
+def check_batch(batch: tuple[int, int, int]) -> tuple[int, int, int]:
+    batch = tuple(int(b) for b in batch)
+    if len(batch) != 3 or not 1 <= batch[0] <= batch[1] <= batch[2]:
+        raise ValueError(f"batch profile {batch}: need MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX")
+    return batch  # type: ignore[return-value]
+
+
+def build_engine(onnx_path: str | Path, out_path: str | Path, precision: str, *,
+                 batch: tuple[int, int, int] = DEFAULT_BATCH, workspace_mb: int = DEFAULT_WORKSPACE_MB,
+                 timing_cache: str | Path | None = None, dla_core: int | None = None,
+                 calibrator_kind: str | None = None, calib_set: CalibrationSet | None = None,
+                 calib_cache: str | Path | None = None, force: bool = False) -> dict[str, Any]:
+    """Build ``out_path`` from ``onnx_path`` and write it atomically with ``OUT.json``; returns the sidecar.
+
+    ``precision`` must match the ONNX graph (an FP16 graph, a Q/DQ INT8 graph, or FP32), except with
+    ``calibrator_kind``: classic INT8 calibration of the FP32 graph on TensorRT 8.5-10.x.
+    Raises ``shim.MissingDependency`` when tensorrt/pycuda are absent.
+    """
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    batch = check_batch(batch)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: use {', '.join(PRECISIONS)}")
+    if out_path.exists() and not force:
+        raise FileExistsError(f"{out_path} exists; pass force=True (--force) to overwrite it")
+    graph_precision = onnx_precision(onnx_path)
+    implicit = calibrator_kind is not None
+    if implicit and (precision != "int8" or graph_precision != "fp32" or calib_set is None):
+        raise ValueError("--calibrator calibrates the FP32 ONNX to INT8: needs --precision int8, "
+                         f"an FP32 ONNX ({onnx_path} is {graph_precision}) and a calibration set")
+    if not implicit and graph_precision != precision:
+        raise ValueError(f"{onnx_path} is {graph_precision}, not {precision}: build {precision} from the "
+                         f"matching ONNX (export/build_engine.py makes it from the FP32 one)")
+    if dla_core is not None and precision == "fp32":
+        raise ValueError("DLA runs FP16 or INT8 only: use --precision fp16 or int8 with --dla-core")
+    calibration_key = calib_set.key if implicit else onnx_metadata(onnx_path).get("calibration_key")
+    onnx_sha = sha256_file(onnx_path)
+
+    trt, cuda = shim.require_gpu_stack()
+    mode = shim.build_mode(trt, graph_precision, implicit_int8=implicit, dla=dla_core is not None)
+    timing_cache = Path(timing_cache) if timing_cache else None
+    ctx = shim.primary_context(cuda)
+    try:
+        with shim.active(cuda, ctx):  # pycuda buffers (calibrator) and TensorRT share the primary context
+            logger = trt.Logger(trt.Logger.WARNING)
+            builder = trt.Builder(logger)
+            network, network_flags = shim.create_network(trt, builder, mode.strongly_typed)
+            shim.parse_onnx(trt, network, logger, onnx_path)
+            config = builder.create_builder_config()
+            shim.set_workspace(trt, config, workspace_mb << 20)
+            shim.set_precision_flags(trt, config, mode)
+            profile = shim.add_profile(builder, config, batch)
+            if implicit:
+                from calibration.calibrator import make_calibrator
+
+                calibrator = make_calibrator(trt, calib_set, calibrator_kind, calib_cache, batch[1],
+                                             onnx_sha256=onnx_sha, cuda=cuda)
+                shim.set_calibrator(config, calibrator, profile)
+            if dla_core is not None:
+                shim.use_dla(trt, config, dla_core)
+            shim.load_timing_cache(config, timing_cache)
+            print(f"building {precision} engine from {onnx_path} with TensorRT {trt.__version__} ("
+                  + ("strongly typed" if mode.strongly_typed else f"flags: {','.join(mode.flags) or 'none'}") + ")")
+            start = time.perf_counter()
+            plan = builder.build_serialized_network(network, config)
+            build_time = time.perf_counter() - start
+            if plan is None:
+                raise RuntimeError(f"TensorRT could not build an engine from {onnx_path} (see its log above)")
+            shim.save_timing_cache(config, timing_cache)
+            gpu = shim.gpu_info(cuda)
+    finally:
+        ctx.detach()  # drop our reference; TensorRT's CUDA runtime holds its own
+    sidecar = {
+        "tensorrt_version": trt.__version__,
+        **gpu,
+        "precision": precision,
+        "profile": {"input": shim.INPUT_NAME, **shim.profile_shapes(batch)},
+        "onnx": str(onnx_path),
+        "onnx_sha256": onnx_sha,
+        "calibration_key": calibration_key,
+        "calibrator": calibrator_kind,
+        "strongly_typed": mode.strongly_typed,
+        "builder_flags": list(mode.flags),
+        "network_flags": network_flags,
+        "dla_core": dla_core,
+        "build_time_s": round(build_time, 2),
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_bytes(out_path, bytes(memoryview(plan)))
+    atomic_write_bytes(sidecar_path(out_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    return sidecar

@@ -1,0 +1,321 @@
+"""Latency, throughput and memory of landmark models, with PyTorch eager and dlib as optional references.
+
+    python -m runtime.benchmark --model model.onnx --model model_int8.onnx --batch 1,8,32 --json bench.json
+    python -m runtime.benchmark --model model.onnx --batch 1 --torch-checkpoint weights/mobilenet_l.pt --dlib \\
+        --threads 2 --json bench.json
+
+For every candidate and batch size: warm-up calls, then --runs timed calls of one batch, reported as the
+median, p90 and p99 latency per batch, ms per face and faces/s. The candidates are interleaved (round
+robin, the starting candidate rotating every repetition), so a machine that is busy with something else
+slows them all alike and the ratios stay fair. Ratios are per-face speedups (reference ms/face divided by
+candidate ms/face; above 1 means faster) against the first --model, PyTorch eager and dlib.
+
+What is timed: a model's backend call on ready float32 (N, 3, 256, 256) crops (PyTorch eager: the same
+crops through the checkpoint's network); "preprocess" is crop + resample + normalise of a face, the
+work a model needs before that call (LandmarkDetector does both); dlib is shape_predictor(image, box),
+its whole landmark step, on a real face with dlib's own detector box. So the dlib ratios compare
+dlib against preprocess + model per face.
+
+Peak memory (peak_rss_mb): each candidate is loaded and run at the batch sizes in a fresh child process;
+the figure is that process's RSS high-water mark (getrusage) minus its value before the candidate was
+built: the backend library, the model, and the buffers up to that batch size. TensorRT device memory is
+not part of it. --no-memory skips this (a few seconds per candidate).
+
+Measuring a Jetson: run it there with the .engine files (and the .onnx for ONNX Runtime), nothing else
+running, after `sudo nvpmodel -m 0 && sudo jetson_clocks` so the clocks do not scale during the run.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .files import atomic_write_bytes
+from .preprocess import crop_matrix, read_image, to_input, warp, whole_image_box
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_FACES = Path(os.environ.get("FACES_DATA", ROOT.parent / "shared" / "data")) / "faces" / "cacd"
+
+
+@dataclass
+class Candidate:
+    label: str
+    kind: str  # "model", "torch", "dlib" or "preprocess"
+    backend: str
+    precision: str
+    call: Callable[[int], object]  # runs one batch of n faces
+    max_batch: int | None = None
+
+
+@dataclass
+class Spec:
+    """What a child process needs to build the same candidate again (for the memory probe)."""
+    kind: str
+    path: str | None = None
+    backend: str | None = None
+    threads: int | None = None
+    face: str | None = None
+    label: str = ""
+
+
+def ru_maxrss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def face_sample(face: str | None) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """A real face image and its dlib box when there is one; otherwise noise framed as a whole-image crop."""
+    if face and Path(face).is_file():
+        image = read_image(face)
+        if importlib.util.find_spec("dlib") is not None:
+            from .faces import detect_faces
+
+            boxes = detect_faces(image, "dlib")
+            if boxes:
+                return image, boxes[0]
+        return image, whole_image_box(*image.shape[:2])
+    image = np.random.default_rng(0).integers(0, 256, (250, 250, 3), dtype=np.uint8)
+    return image, whole_image_box(250, 250)
+
+
+def dlib_predictor_path() -> Path:
+    """dlib's 68-point model inside face-recognition-models (as train/annotate.py finds it, without torch)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    hits = glob.glob(os.path.join(os.path.dirname(spec.origin), "models", "shape_predictor_68_face_landmarks.dat")) \
+        if spec and spec.origin else []
+    if not hits:
+        raise RuntimeError("--dlib needs `pip install dlib-bin face-recognition-models` (extra: teacher)")
+    return Path(hits[0])
+
+
+def build(spec: Spec, max_batch: int, sample: tuple | None = None) -> Candidate:
+    """The candidate ready to run; ``sample`` is face_sample(spec.face), computed once by the caller."""
+    image, box = sample or face_sample(spec.face)
+    if spec.kind in ("model", "torch"):  # the input buffer: ready crops for the largest batch
+        crops = to_input(np.repeat(warp(image, crop_matrix(box))[None], max_batch, axis=0))
+    if spec.kind == "model":
+        from .backends import backend_for, load_backend
+
+        name = spec.backend or backend_for(spec.path)
+        options = {"threads": spec.threads} if name == "onnxruntime" and spec.threads else {}
+        be = load_backend(spec.path, name, **options)
+        return Candidate(spec.label, "model", be.name, be.precision, lambda n: be.run(crops[:n]), be.max_batch)
+    if spec.kind == "torch":
+        import torch  # only here: the runtime itself never needs torch
+
+        from train.checkpoint import load_model
+
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        model, x = load_model(Path(spec.path)), torch.from_numpy(crops)
+
+        def run_torch(n: int):
+            with torch.inference_mode():
+                return model(x[:n])
+
+        return Candidate(spec.label, "torch", "pytorch-eager", "fp32", run_torch)
+    if spec.kind == "dlib":
+        import dlib
+
+        if spec.face is None or not Path(spec.face).is_file():
+            raise RuntimeError("--dlib needs a real face image: pass --face IMAGE")
+        predictor = dlib.shape_predictor(str(dlib_predictor_path()))
+        rgb, rect = np.ascontiguousarray(image[:, :, ::-1]), dlib.rectangle(*(int(round(v)) for v in box))
+        return Candidate(spec.label, "dlib", "dlib", "fp64",
+                         lambda n: [predictor(rgb, rect) for _ in range(n)])
+    if spec.kind == "preprocess":
+        m = crop_matrix(box)
+        return Candidate(spec.label, "preprocess", "opencv", "uint8",
+                         lambda n: to_input(np.stack([warp(image, m) for _ in range(n)])))
+    raise ValueError(f"unknown candidate kind {spec.kind!r}")
+
+
+def memory_probe(spec: Spec, batches: list[int]) -> dict[int, float]:
+    """In a fresh process: RSS growth (MB) from building the candidate and running each batch size in turn."""
+    sample = face_sample(spec.face)  # the test image and its box are not the candidate's
+    before = ru_maxrss_mb()
+    cand = build(spec, max(batches), sample)
+    peaks = {}
+    for n in batches:
+        if cand.max_batch is None or n <= cand.max_batch:
+            cand.call(n)
+            cand.call(n)
+            peaks[n] = round(ru_maxrss_mb() - before, 1)
+    return peaks
+
+
+def time_interleaved(cands: list[Candidate], n: int, warmup: int, runs: int) -> dict[str, list[float]]:
+    """Seconds per call of each candidate at batch n, the candidates taking turns every repetition."""
+    for c in cands:
+        for _ in range(warmup):
+            c.call(n)
+    times: dict[str, list[float]] = {c.label: [] for c in cands}
+    for r in range(runs):
+        k = r % len(cands)  # rotate who goes first: no candidate always runs right after the same other one
+        for c in cands[k:] + cands[:k]:
+            t0 = time.perf_counter()
+            c.call(n)
+            times[c.label].append(time.perf_counter() - t0)
+    return times
+
+
+def machine_info(threads: int | None) -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    info = {
+        "cpu": cpu, "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
+        "threads": threads, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    from importlib.metadata import PackageNotFoundError, version
+
+    for pkg in ("numpy", "onnxruntime", "onnxruntime-gpu", "opencv-python-headless", "tensorrt", "torch", "dlib-bin"):
+        try:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return info
+
+
+def speedups(rows: list[dict], reference: str, extra_ms: dict[int, float] | None = None) -> dict:
+    """Per-face speedup of each model/torch row over ``reference``, by batch (extra_ms: added to the candidates)."""
+    out: dict[str, dict[str, float]] = {}
+    for n in sorted({r["batch"] for r in rows}):
+        ref = next((r for r in rows if r["model"] == reference and r["batch"] == n), None)
+        if ref is None:
+            continue
+        add = (extra_ms or {}).get(n, 0.0)
+        out[str(n)] = {r["model"]: round(ref["ms_per_face"] / (r["ms_per_face"] + add), 3)
+                       for r in rows if r["batch"] == n and r["kind"] in ("model", "torch") and r["model"] != reference}
+    return {"reference": reference, "by_batch": out}
+
+
+def parse_batches(text: str) -> list[int]:
+    try:
+        batches = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected batch sizes like 1,8,32") from None
+    if not batches or batches[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be positive integers")
+    return batches
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m runtime.benchmark", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", required=True, metavar="M",
+                    help="model file (.onnx, .engine); repeat to compare; the first is the ratios' reference")
+    ap.add_argument("--backend", choices=["onnxruntime", "tensorrt"], help="override the backend chosen by extension")
+    ap.add_argument("--batch", type=parse_batches, default=[1, 8, 32], help="batch sizes (default: 1,8,32)")
+    ap.add_argument("--warmup", type=int, default=10,
+                    help="untimed calls per candidate and batch (default: %(default)s)")
+    ap.add_argument("--runs", type=int, default=50, help="timed calls per candidate and batch (default: %(default)s)")
+    ap.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime and PyTorch (default: theirs)")
+    ap.add_argument("--torch-checkpoint", metavar="PT", help="also time PyTorch eager on this checkpoint (needs torch)")
+    ap.add_argument("--dlib", action="store_true", help="also time dlib's 68-point shape predictor on a real face")
+    ap.add_argument("--face", default=None,
+                    help=f"real face image for dlib and the inputs (default: first of {DEFAULT_FACES})")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    ap.add_argument("--json", required=True, type=Path, metavar="OUT.json", help="where to write the results")
+    args = ap.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0:
+        ap.error("--runs must be at least 1 and --warmup at least 0")
+    face = args.face or next(iter(sorted(glob.glob(str(DEFAULT_FACES / "*.jpg")))), None)
+
+    specs, seen = [], set()
+    for m in args.model:
+        label = Path(m).name if Path(m).name not in seen else m
+        seen.add(label)
+        specs.append(Spec("model", m, args.backend, args.threads, face, label))
+    specs.append(Spec("preprocess", face=face, label="preprocess"))
+    if args.torch_checkpoint:
+        specs.append(Spec("torch", args.torch_checkpoint, threads=args.threads, face=face, label="pytorch-eager"))
+    if args.dlib:
+        specs.append(Spec("dlib", face=face, label="dlib-shape-predictor"))
+    try:
+        sample = face_sample(face)
+        cands = [build(s, max(args.batch), sample) for s in specs]
+        memory: dict[str, dict[int, float]] = {}
+        if not args.no_memory:
+            with ProcessPoolExecutor(1, mp_context=get_context("forkserver"), max_tasks_per_child=1) as pool:
+                # forkserver, not spawn: on Linux an exec'd child inherits its parent's RSS high-water mark
+                # (which would hide the candidate's); children forked from the small server start low.
+                for s in specs:  # one fresh process per candidate
+                    memory[s.label] = pool.submit(memory_probe, s, args.batch).result()
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    print(f"face: {face or 'none found: random pixels'}; warm-up {args.warmup}, {args.runs} interleaved runs",
+          file=sys.stderr)
+    rows = []
+    for n in args.batch:
+        active = [c for c in cands if c.max_batch is None or n <= c.max_batch]
+        for c in cands:
+            if c not in active:
+                print(f"skipped {c.label} at batch {n}: its maximum batch is {c.max_batch}", file=sys.stderr)
+        times = time_interleaved(active, n, args.warmup, args.runs)
+        for c in active:
+            ms = np.array(times[c.label]) * 1000
+            median = float(np.median(ms))
+            rows.append({
+                "model": c.label, "kind": c.kind, "backend": c.backend, "precision": c.precision, "batch": n,
+                "median_ms": round(median, 4), "p90_ms": round(float(np.percentile(ms, 90)), 4),
+                "p99_ms": round(float(np.percentile(ms, 99)), 4), "ms_per_face": round(median / n, 4),
+                "faces_per_s": round(1000 * n / median, 1), "peak_rss_mb": memory.get(c.label, {}).get(n),
+            })
+
+    pre = {r["batch"]: r["ms_per_face"] for r in rows if r["kind"] == "preprocess"}
+    ratios = {"note": "per-face speedup = reference ms/face / candidate ms/face (>1: candidate faster); "
+                      "vs_dlib adds the preprocess ms/face to each candidate, as dlib's figure includes its own",
+              "vs_first": speedups(rows, specs[0].label)}
+    if args.torch_checkpoint:
+        ratios["vs_pytorch"] = speedups(rows, "pytorch-eager")
+    if args.dlib:
+        ratios["vs_dlib"] = speedups(rows, "dlib-shape-predictor", pre)
+
+    print_table(rows, ratios)
+    doc = {"machine": machine_info(args.threads),
+           "settings": {"batches": args.batch, "warmup": args.warmup, "runs": args.runs, "face": face,
+                        "interleaved": "round robin, starting candidate rotated each repetition"},
+           "results": rows, "ratios": ratios}
+    atomic_write_bytes(args.json, json.dumps(doc, indent=1).encode())
+    print(f"wrote {args.json}")
+    return 0
+
+
+def print_table(rows: list[dict], ratios: dict) -> None:
+    head = f"{'model':<28} {'backend':<13} {'prec':<5} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} " \
+           f"{'ms/face':>8} {'faces/s':>9} {'RSS MB':>7}"
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
+        print(f"{r['model'][:28]:<28} {r['backend']:<13} {r['precision']:<5} {r['batch']:>5} {r['median_ms']:>10.3f} "
+              f"{r['p90_ms']:>9.3f} {r['p99_ms']:>9.3f} {r['ms_per_face']:>8.3f} {r['faces_per_s']:>9.1f} {rss:>7}")
+    for key, r in ratios.items():
+        if key == "note":
+            continue
+        for n, by in r["by_batch"].items():
+            if by:
+                print(f"per-face speedup vs {r['reference']} at batch {n}: "
+                      + ", ".join(f"{m} {x:.2f}x" for m, x in by.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The main job: committed checkpoint -> ONNX -> FP16 / INT8 -> TensorRT engines -> verify -> benchmark -> samples.
+
+    python scripts/pipeline.py [--out out] [--checkpoint weights/mobilenet_l.pt] [--data ../shared/data]
+
+Every step is the command a user would run, printed before it runs. Steps that
+need something this machine lacks (TensorRT, the face data) are skipped with a
+line saying why. Ends with a summary table (also in OUT/summary.json).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Pipeline:
+    def __init__(self, out: Path):
+        self.out = out
+        self.steps: list[tuple[str, str, float]] = []  # (step, status, seconds)
+
+    def run(self, name: str, cmd: list[str]) -> bool:
+        print(f"\n=== {name}\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+        t = time.time()
+        ok = subprocess.run(cmd, cwd=ROOT).returncode == 0
+        self.steps.append((name, "ok" if ok else "FAILED", time.time() - t))
+        return ok
+
+    def skip(self, name: str, why: str) -> None:
+        print(f"\n=== {name}\nskipped: {why}", flush=True)
+        self.steps.append((name, f"skipped: {why}", 0.0))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "out", help="output folder (default: %(default)s)")
+    ap.add_argument("--checkpoint", type=Path, default=ROOT / "weights" / "mobilenet_l.pt")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="(default: %(default)s)")
+    ap.add_argument("--golden-faces", type=int, default=200, help="test faces in the golden set (default: %(default)s)")
+    ap.add_argument("--calib-count", type=int, default=512, help="INT8 calibration images (default: %(default)s)")
+    args = ap.parse_args()
+    out, py = args.out, sys.executable
+    out.mkdir(parents=True, exist_ok=True)
+    faces, masks = args.data / "faces", args.data / "masks" / "nvidia_irregular_test"
+    have_data = (faces / "splits.csv").exists() and masks.is_dir()
+    have_trt = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
+    p = Pipeline(out)
+    onnx, fp16, int8 = out / "mobilenet_l.onnx", out / "mobilenet_l.fp16.onnx", out / "mobilenet_l.int8.onnx"
+    golden = onnx.with_suffix(".golden.npz")
+
+    if have_data:
+        p.run("evaluate the PyTorch reference (paper protocol)",
+              [py, "-m", "train.evaluate", "--checkpoint", str(args.checkpoint), "--faces", str(faces),
+               "--masks", str(masks), "--split", "test", "--json", str(out / "eval_pytorch.json")])
+    else:
+        p.skip("evaluate the PyTorch reference", f"no face data at {args.data}")
+    if not p.run("export ONNX (+ golden set and parity check when data is present)",
+                 [py, "export/export_onnx.py", "--checkpoint", str(args.checkpoint), "--out", str(onnx),
+                  "--faces", str(faces), "--masks", str(masks), "--golden-faces", str(args.golden_faces)]):
+        return summary(p)
+    quant = [py, "export/quantize.py", "--onnx", str(onnx), "--fp16", str(fp16)]
+    if have_data:
+        quant += ["--int8", str(int8), "--calib-faces", str(faces), "--calib-count", str(args.calib_count)]
+    else:
+        p.skip("INT8 Q/DQ", f"no calibration images at {faces}")
+    p.run("precision artifacts with TensorRT Model Optimizer", quant)
+    models = [m for m in (onnx, fp16, int8) if m.exists()]
+    for m, precision in ((onnx, "fp32"), (fp16, "fp16"), (int8, "int8")):
+        engine = out / f"mobilenet_l.{precision}.engine"
+        if not m.exists():
+            continue
+        if have_trt:
+            if p.run(f"TensorRT engine {precision}", [py, "export/build_engine.py", "--onnx", str(m),
+                                                      "--precision", precision, "--out", str(engine), "--force"]):
+                models.append(engine)
+        else:
+            p.skip(f"TensorRT engine {precision}", "TensorRT/pycuda not installed (JetPack or NVIDIA's index)")
+    if golden.exists():
+        p.run("parity verification without torch",
+              [py, "-m", "runtime.verify", "--golden", str(golden), "--faces", str(faces), "--json",
+               str(out / "verify.json")] + [a for m in models for a in ("--model", str(m))])
+    else:
+        p.skip("parity verification", "no golden set (needs the face data)")
+    bench = [py, "-m", "runtime.benchmark", "--batch", "1,8,32", "--torch-checkpoint", str(args.checkpoint),
+             "--json", str(out / "benchmark.json")] + [a for m in models for a in ("--model", str(m))]
+    p.run("benchmark", bench + (["--dlib"] if importlib.util.find_spec("dlib") else []))
+    if have_data:
+        samples = out / "samples_in"
+        samples.mkdir(exist_ok=True)
+        for rel in ("cacd/0013_0.jpg", "cacd/0026_1.jpg", "taiwanese/0101a02.jpg"):
+            link = samples / rel.replace("/", "_")
+            if not link.exists() and (faces / rel).exists():
+                link.symlink_to(faces / rel)
+        p.run("annotated sample images", [py, "-m", "runtime.predict", "--model", str(models[-1]),
+                                          "--input", str(samples), "--out", str(out / "samples")])
+    else:
+        p.skip("annotated sample images", f"no face images at {faces}")
+    return summary(p)
+
+
+def summary(p: Pipeline) -> int:
+    out = p.out
+    print("\n=== summary")
+    for name, status, secs in p.steps:
+        print(f"  {name:<60} {status:<10} {secs:6.1f} s")
+    table = {"steps": [{"step": n, "status": s, "seconds": t} for n, s, t in p.steps]}
+    for name in ("eval_pytorch", "verify", "benchmark"):
+        f = out / f"{name}.json"
+        if f.exists():
+            table[name] = json.loads(f.read_text())
+    if "eval_pytorch" in table:
+        print("  PyTorch NMSE (all faces): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in table["eval_pytorch"]["nmse"]["all"].items()))
+    for model, r in table.get("verify", {}).get("models", {}).items():
+        print(f"  {Path(model).name:<28} {r['precision']:<5} max |ΔNMSE| {r['max_abs_delta_nmse']:.4f} "
+              f"(bound {r['bound']}) {'PASS' if r['pass'] else 'FAIL'}")
+    for r in table.get("benchmark", {}).get("results", []):
+        if r.get("batch") == 1:
+            print(f"  {Path(str(r['model'])).name:<28} batch 1: {r['ms_per_face']:.2f} ms/face (median)")
+    (out / "summary.json").write_text(json.dumps(table, indent=1))
+    failed = [n for n, s, _ in p.steps if s == "FAILED"]
+    print(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all steps ok'}; outputs in {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

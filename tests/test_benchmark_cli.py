@@ -1,0 +1,82 @@
+"""python -m runtime.benchmark: a tiny run writes the JSON schema.
+
+No timing assertions: speed targets belong in benchmarks, not tests.
+"""
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from runtime.benchmark import main
+from tests.conftest import CHECKPOINT, FACES
+
+ROW_KEYS = {"model", "backend", "precision", "batch", "median_ms", "p90_ms", "p99_ms", "ms_per_face", "faces_per_s",
+            "peak_rss_mb"}
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory) -> Path:
+    """The committed model when there is one, else an untrained MobileNet-L (shared by the test modules)."""
+    path = tmp_path_factory.getbasetemp() / "landmarks.onnx"
+    if not path.exists():
+        pytest.importorskip("torch")
+        from export.export_onnx import export_onnx
+        from train.checkpoint import load_model
+        from train.model import MobileNetL
+
+        export_onnx(load_model(CHECKPOINT) if CHECKPOINT.exists() else MobileNetL().eval(), path, simplify=False)
+    return path
+
+
+def test_tiny_run_writes_the_schema(onnx_model, tmp_path, capsys):
+    second = tmp_path / "second.onnx"
+    shutil.copy(onnx_model, second)
+    out = tmp_path / "bench.json"
+    assert main(["--model", str(onnx_model), "--model", str(second), "--batch", "1,2", "--runs", "3",
+                 "--warmup", "1", "--threads", "1", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert {"cpu_count", "platform", "python", "onnxruntime"} <= set(doc["machine"])
+    rows = doc["results"]
+    assert {(r["model"], r["batch"]) for r in rows} == {
+        (m, b) for m in ("landmarks.onnx", "second.onnx", "preprocess") for b in (1, 2)}
+    for r in rows:
+        assert ROW_KEYS <= set(r)
+        assert r["p99_ms"] >= r["median_ms"] > 0 and r["faces_per_s"] > 0
+        assert r["ms_per_face"] == pytest.approx(r["median_ms"] / r["batch"], rel=1e-3, abs=1e-3)
+        assert r["peak_rss_mb"] is not None and r["peak_rss_mb"] >= 0
+    models = [r for r in rows if r["model"] != "preprocess"]
+    assert {(r["backend"], r["precision"]) for r in models} == {("onnxruntime", "fp32")}
+    assert doc["ratios"]["vs_first"]["reference"] == "landmarks.onnx"
+    assert set(doc["ratios"]["vs_first"]["by_batch"]) == {"1", "2"}
+    assert set(doc["ratios"]["vs_first"]["by_batch"]["1"]) == {"second.onnx"}
+    assert "median ms" in capsys.readouterr().out  # the table
+
+
+HAS_DLIB = all(importlib.util.find_spec(m) is not None for m in ("dlib", "face_recognition_models"))
+
+
+@pytest.mark.skipif(not (HAS_DLIB and (FACES / "cacd").is_dir()),
+                    reason="needs dlib, face-recognition-models and ../shared faces")
+def test_references_pytorch_and_dlib(onnx_model, tmp_path):
+    pytest.importorskip("torch")
+    from train import checkpoint
+    from train.model import MobileNetL
+
+    ckpt = tmp_path / "model.pt"
+    checkpoint.save(ckpt, MobileNetL())
+    out = tmp_path / "bench.json"
+    assert main(["--model", str(onnx_model), "--batch", "1", "--runs", "2", "--warmup", "1", "--no-memory",
+                 "--torch-checkpoint", str(ckpt), "--dlib", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert {r["backend"] for r in doc["results"]} == {"onnxruntime", "opencv", "pytorch-eager", "dlib"}
+    assert set(doc["ratios"]["vs_pytorch"]["by_batch"]["1"]) == {"landmarks.onnx"}
+    assert set(doc["ratios"]["vs_dlib"]["by_batch"]["1"]) == {"landmarks.onnx", "pytorch-eager"}
+    assert all(r["peak_rss_mb"] is None for r in doc["results"])
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "none.onnx"), "--json", str(tmp_path / "b.json")]) == 2
+    assert "none.onnx: model file not found" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()

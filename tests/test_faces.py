@@ -1,0 +1,114 @@
+"""Face detection for full images: dlib and Haar boxes on real faces, input formats, no face, clear errors."""
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from runtime import faces
+from runtime.faces import detect_faces
+from runtime.preprocess import read_image
+from tests.conftest import FACES, needs_data
+
+needs_haar = pytest.mark.skipif(not faces.haar_available(),
+                                reason=f"OpenCV {cv2.__version__} has no CascadeClassifier (removed in OpenCV 5)")
+needs_dlib_detector = pytest.mark.skipif(not faces.dlib_available(), reason="dlib not installed")
+DETECTORS = [pytest.param("dlib", marks=needs_dlib_detector), pytest.param("haar", marks=needs_haar)]
+
+
+def real_faces() -> list[np.ndarray]:
+    cacd = sorted((FACES / "cacd").glob("*.jpg"))
+    taiwanese = sorted((FACES / "taiwanese").glob("*.jpg"))
+    return [read_image(p) for p in cacd[:300:100] + taiwanese[:1]]
+
+
+def assert_centred_face(box, shape) -> None:
+    """These are whole face crops: one face in the middle, its box about half the image side."""
+    h, w = shape[:2]
+    side = max(box[2] - box[0], box[3] - box[1])
+    assert 0.25 * w < side < 0.8 * w, box
+    centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+    assert np.abs(centre - [w / 2, h / 2]).max() < 0.15 * w, box
+
+
+@needs_data
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_one_centred_face_on_real_images(detector):
+    for image in real_faces():
+        boxes = detect_faces(image, detector)
+        assert boxes, "no face found on a real face crop"
+        assert_centred_face(boxes[0], image.shape)
+        areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
+        assert areas == sorted(areas, reverse=True)
+
+
+@needs_data
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_grayscale_and_bgra_are_accepted(detector):
+    image = real_faces()[0]
+    for variant in (cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)):
+        boxes = detect_faces(variant, detector)
+        assert boxes
+        assert_centred_face(boxes[0], image.shape)
+
+
+@needs_data
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_boxes_are_in_full_resolution_pixels_of_a_large_frame(detector):
+    """Frames above DETECT_MAX_SIDE are shrunk for detection; the boxes must come back at full scale."""
+    image = real_faces()[0]
+    small = detect_faces(image, detector)[0]
+    frame = np.full((1080, 1920, 3), 40, np.uint8)
+    big = cv2.resize(image, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    frame[300:300 + big.shape[0], 900:900 + big.shape[1]] = big
+    box = detect_faces(frame, detector)[0]
+    expected = np.array(small) * 2 + [900, 300, 900, 300]
+    side = small[2] - small[0]
+    assert np.abs(np.array(box) - expected).max() < 0.25 * 2 * side
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_no_face_gives_an_empty_list(detector):
+    blank = np.full((240, 320, 3), 128, np.uint8)
+    gradient = np.tile(np.linspace(0, 255, 320, dtype=np.uint8), (240, 1))
+    assert detect_faces(blank, detector) == []
+    assert detect_faces(gradient, detector) == []
+
+
+@pytest.mark.skipif(not (faces.dlib_available() or faces.haar_available()), reason="neither dlib nor Haar available")
+def test_auto_prefers_dlib():
+    assert faces.load_detector("auto") == ("dlib" if faces.dlib_available() else "haar")
+
+
+def test_unknown_detector_and_bad_image_are_rejected():
+    with pytest.raises(ValueError, match="unknown face detector"):
+        detect_faces(np.zeros((64, 64, 3), np.uint8), "mtcnn")
+    with pytest.raises(ValueError, match="uint8"):
+        detect_faces(np.zeros((64, 64, 3), np.float32), "dlib" if faces.dlib_available() else "haar")
+
+
+def test_missing_dlib_is_a_clear_error(monkeypatch):
+    faces._dlib_detector.cache_clear()
+    monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib now raises ImportError
+    try:
+        with pytest.raises(RuntimeError, match="pip install dlib-bin"):
+            detect_faces(np.zeros((64, 64, 3), np.uint8), "dlib")
+    finally:
+        faces._dlib_detector.cache_clear()
+
+
+def test_missing_haar_is_a_clear_error(monkeypatch):
+    faces._haar_cascade.cache_clear()
+    monkeypatch.delattr(cv2, "CascadeClassifier", raising=False)  # as in OpenCV 5
+    try:
+        with pytest.raises(RuntimeError, match="opencv-python-headless<5"):
+            detect_faces(np.zeros((64, 64, 3), np.uint8), "haar")
+    finally:
+        faces._haar_cascade.cache_clear()
+
+
+def test_haar_correction_maps_onto_dlib_framing():
+    # a 100 px Haar box becomes a 85.5 px box, 2.5 px left of and 6 px below the Haar centre
+    x0, y0, x1, y1 = faces.haar_to_dlib((0, 0, 100, 100))
+    assert x1 - x0 == pytest.approx(85.5) and y1 - y0 == pytest.approx(85.5)
+    assert ((x0 + x1) / 2, (y0 + y1) / 2) == pytest.approx((47.5, 56.0))
