@@ -24,7 +24,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import argparse
 
 from calibration.calibrator import CalibrationCacheError
-from export.engine import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB, build_engine, onnx_precision, sha256_file
+from export.engine import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB, build_engine, onnx_precision
+from runtime.files import sha256_file
 from runtime.tensorrt_shim import MissingDependency, import_tensorrt, strongly_typed_only
 from train.data import DEFAULT_FACES
 

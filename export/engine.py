@@ -6,7 +6,6 @@ version differences live in ``runtime.tensorrt_shim``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from datetime import datetime, timezone
@@ -14,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime import tensorrt_shim as shim
-from runtime.files import atomic_write_bytes
+from export.quantize import read_metadata
+from runtime.files import atomic_write_bytes, sha256_file
 
 if TYPE_CHECKING:
     from calibration.dataset import CalibrationSet
@@ -29,20 +29,9 @@ def sidecar_path(engine_path: str | Path) -> Path:
     return Path(f"{engine_path}.json")
 
 
-def sha256_file(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def onnx_metadata(path: str | Path) -> dict[str, str]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
-
-
 def onnx_precision(path: str | Path) -> str:
     """The ONNX file's precision from its ``precision`` metadata; fp32 when absent (a plain export)."""
-    precision = onnx_metadata(path).get("precision", "fp32")
+    precision = read_metadata(path).get("precision", "fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"{path}: unknown precision {precision!r} in its metadata (expected {', '.join(PRECISIONS)})")
     return precision
@@ -82,7 +71,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, precision: str, *,
                          f"matching ONNX (export/build_engine.py makes it from the FP32 one)")
     if dla_core is not None and precision == "fp32":
         raise ValueError("DLA runs FP16 or INT8 only: use --precision fp16 or int8 with --dla-core")
-    calibration_key = calib_set.key if implicit else onnx_metadata(onnx_path).get("calibration_key")
+    calibration_key = calib_set.key if implicit else read_metadata(onnx_path).get("calibration_key")
     onnx_sha = sha256_file(onnx_path)
 
     trt, cuda = shim.require_gpu_stack()

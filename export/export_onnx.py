@@ -12,7 +12,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import argparse
 import collections
-import hashlib
 import io
 import json
 import platform
@@ -23,7 +22,7 @@ import onnx
 import torch
 
 from runtime import preprocess, schema
-from runtime.files import atomic_write_bytes
+from runtime.files import atomic_write_bytes, sha256_file
 
 DEFAULT_OPSET = 17
 BACKBONE_OPS = {"Conv", "HardSwish", "HardSigmoid", "Relu", "GlobalAveragePool", "Mul", "Add"}
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     model = load_model(args.checkpoint)
-    checkpoint_sha = hashlib.sha256(args.checkpoint.read_bytes()).hexdigest()
+    checkpoint_sha = sha256_file(args.checkpoint)
     notes = export_onnx(model, args.out, args.opset, simplify=not args.no_simplify)
     for note in notes:
         print(f"note: {note}")

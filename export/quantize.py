@@ -19,7 +19,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import hashlib
 import json
 import logging
 import tempfile
@@ -27,14 +26,12 @@ import tempfile
 import onnx
 
 from calibration.dataset import DEFAULT_COUNT, CalibrationSet, build_calibration_set
-from train.data import DEFAULT_FACES, atomic_write_bytes
+from runtime.files import atomic_write_bytes, sha256_file
+from train.data import DEFAULT_FACES
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def read_metadata(model: onnx.ModelProto | Path) -> dict[str, str]:
+def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, str]:
+    """An ONNX file's (or model's) metadata_props as a dict."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}

@@ -62,3 +62,28 @@ def small_faces(tmp_path) -> Path:
         w.writerow(["path", "split"])
         w.writerows(chosen)
     return root
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    """The committed checkpoint's network, or a seeded random MobileNet-L whose output depends on the input."""
+    torch = pytest.importorskip("torch")
+    from train.checkpoint import load_model
+    from train.model import MobileNetL
+
+    if CHECKPOINT.exists():
+        return load_model(CHECKPOINT)
+    torch.manual_seed(0)
+    model = MobileNetL().eval()
+    torch.nn.init.normal_(model.fc.weight, std=0.05)
+    return model
+
+
+@pytest.fixture(scope="session")
+def onnx_model(reference_model, tmp_path_factory) -> Path:
+    """``reference_model`` exported to ONNX (shared by the test modules)."""
+    from export.export_onnx import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "landmarks.onnx"
+    export_onnx(reference_model, path)
+    return path

@@ -10,24 +10,10 @@ from pathlib import Path
 import pytest
 
 from runtime.benchmark import main
-from tests.conftest import CHECKPOINT, FACES
+from tests.conftest import FACES
 
 ROW_KEYS = {"model", "backend", "precision", "batch", "median_ms", "p90_ms", "p99_ms", "ms_per_face", "faces_per_s",
             "peak_rss_mb"}
-
-
-@pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory) -> Path:
-    """The committed model when there is one, else an untrained MobileNet-L (shared by the test modules)."""
-    path = tmp_path_factory.getbasetemp() / "landmarks.onnx"
-    if not path.exists():
-        pytest.importorskip("torch")
-        from export.export_onnx import export_onnx
-        from train.checkpoint import load_model
-        from train.model import MobileNetL
-
-        export_onnx(load_model(CHECKPOINT) if CHECKPOINT.exists() else MobileNetL().eval(), path, simplify=False)
-    return path
 
 
 def test_tiny_run_writes_the_schema(onnx_model, tmp_path, capsys):

@@ -34,12 +34,10 @@ def run_cli(*args, prelude: str = "", cwd=ROOT) -> subprocess.CompletedProcess:
 
 NO_TENSORRT = "sys.modules['tensorrt'] = None; sys.modules['pycuda'] = None; sys.modules['pycuda.driver'] = None"
 FAKE_QUANTIZE = textwrap.dedent("""
-    import types
     from tests.fake_tensorrt import tiny_onnx
-    q = types.ModuleType("export.quantize")
+    import export.quantize as q
     q.make_fp16 = lambda src, dst: tiny_onnx(dst, "fp16")
     q.make_int8 = lambda src, dst, calib, method="entropy": tiny_onnx(dst, "int8", {"calibration_key": calib.key})
-    sys.modules["export.quantize"] = q
 """).replace("\n", "; ").strip("; ")
 
 
@@ -211,9 +209,9 @@ def test_fp16_with_the_real_modelopt_artifact(monkeypatch, tmp_path, fp32_onnx):
     pytest.importorskip("modelopt.onnx.autocast", reason="nvidia-modelopt not installed")
     fake = install(monkeypatch, "11.x")
     assert main("--onnx", fp32_onnx, "--precision", "fp16", "--out", tmp_path / "m.engine") == 0
-    from export.engine import onnx_metadata
+    from export.quantize import read_metadata
 
-    meta = onnx_metadata(tmp_path / "m.fp16.onnx")
+    meta = read_metadata(tmp_path / "m.fp16.onnx")
     assert meta["precision"] == "fp16" and "source_onnx_sha256" in meta
     assert fake.named("create_network") == [(0,)] and not fake.named("set_flag")
 

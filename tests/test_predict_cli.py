@@ -10,24 +10,10 @@ import pytest
 
 from runtime import faces
 from runtime.predict import main
-from tests.conftest import CHECKPOINT, FACES, ROOT, needs_data
+from tests.conftest import FACES, ROOT, needs_data
 
 needs_detector = pytest.mark.skipif(not (faces.dlib_available() or faces.haar_available()),
                                     reason="no face detector: neither dlib nor OpenCV's Haar cascade (OpenCV < 5)")
-
-
-@pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory) -> Path:
-    """The committed model when there is one, else an untrained MobileNet-L (shared by the test modules)."""
-    path = tmp_path_factory.getbasetemp() / "landmarks.onnx"
-    if not path.exists():
-        pytest.importorskip("torch")
-        from export.export_onnx import export_onnx
-        from train.checkpoint import load_model
-        from train.model import MobileNetL
-
-        export_onnx(load_model(CHECKPOINT) if CHECKPOINT.exists() else MobileNetL().eval(), path, simplify=False)
-    return path
 
 
 def real(n: int) -> list[Path]:

@@ -10,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from runtime.backends import backend_for, load_backend
-from tests.conftest import CHECKPOINT, FACES, MASKS, ROOT, needs_data, needs_dlib, needs_masks
+from tests.conftest import FACES, MASKS, ROOT, needs_data, needs_dlib, needs_masks
 
 
 def test_import_runtime_does_not_import_torch():
@@ -31,23 +31,8 @@ def test_backend_selection_by_extension(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(torch model, ONNX path) of the committed checkpoint, or of a seeded random network when absent."""
-    import torch
-
-    from export.export_onnx import export_onnx
-    from train.checkpoint import load_model
-    from train.model import MobileNetL
-
-    if CHECKPOINT.exists():
-        model = load_model(CHECKPOINT)
-    else:
-        torch.manual_seed(0)
-        model = MobileNetL().eval()
-        torch.nn.init.normal_(model.fc.weight, std=0.05)  # make outputs depend on the input
-    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    export_onnx(model, path)
-    return model, path
+def trained(reference_model, onnx_model):
+    return reference_model, onnx_model
 
 
 def test_wrong_model_shape_is_refused(tmp_path):

@@ -1,0 +1,130 @@
+"""ONNX export, precision artifacts (ModelOpt FP16 / INT8 Q/DQ) and the calibration set, proven in ONNX Runtime."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from tests.conftest import CHECKPOINT, FACES, MASKS, ROOT, needs_data, needs_dlib, needs_masks
+
+pytest.importorskip("modelopt", reason="quantize extra (nvidia-modelopt) not installed")
+
+
+def test_calibration_set_selection_and_key(small_faces, tmp_cache):
+    from calibration.dataset import build_calibration_set, calibration_key, select_images
+
+    a = select_images(small_faces, 16, seed=0)
+    assert a == select_images(small_faces, 16, seed=0) and len(set(a)) == 16
+    assert a != select_images(small_faces, 16, seed=1)
+    val_test = {l.split(",")[0] for l in (small_faces / "splits.csv").read_text().splitlines()[1:]
+                if not l.endswith(",train")}
+    assert not set(a) & val_test  # training split only
+    assert len(select_images(small_faces, 1000)) == 48  # capped at what exists
+    calib = build_calibration_set(small_faces, 8)
+    assert calib.inputs.shape == (8, 3, 256, 256) and calib.inputs.dtype == np.float32
+    assert calib.occluded.sum() == 4 and calib.framing == "whole image"  # no labels in this fresh cache
+    assert -1.0 <= calib.inputs.min() and calib.inputs.max() <= 1.0
+    assert calib.key == calibration_key(calib.paths, 0) != calibration_key(calib.paths, 1)
+    assert calib.key != build_calibration_set(small_faces, 6).key
+
+
+@pytest.fixture(scope="module")
+def artifacts(onnx_model, tmp_path_factory):
+    """FP16 and INT8 artifacts of the test model, calibrated on 32 real training images."""
+    if not (FACES / "splits.csv").exists():
+        pytest.skip(f"real face data not found at {FACES}")
+    from calibration.dataset import build_calibration_set
+    from export.quantize import make_fp16, make_int8
+
+    out = tmp_path_factory.mktemp("artifacts")
+    calib = build_calibration_set(FACES, 32)
+    return make_fp16(onnx_model, out / "m.fp16.onnx"), make_int8(onnx_model, out / "m.int8.onnx", calib), calib
+
+
+def test_qdq_properties(artifacts, onnx_model):
+    from runtime.files import sha256_file
+
+    _, int8, calib = artifacts
+    model = onnx.load(str(int8))
+    g = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    assert len(convs) == 56
+    for conv in convs:
+        dq = producer[conv.input[1]]
+        assert dq.op_type == "DequantizeLinear", conv.name
+        scale, zero = inits[dq.input[1]], inits[dq.input[2]]
+        weight = inits.get(producer[dq.input[0]].input[0]) if dq.input[0] in producer else inits[dq.input[0]]
+        assert scale.shape == (weight.shape[0],), f"{conv.name}: weights not per output channel"
+        assert not zero.any() and zero.dtype == np.int8
+        assert producer[conv.input[0]].op_type == "DequantizeLinear", f"{conv.name}: activation not quantized"
+    for n in g.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
+            assert not inits[n.input[2]].any(), "non-zero zero point"
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["precision"] == "int8" and meta["calibration_key"] == calib.key
+    assert meta["source_onnx_sha256"] == sha256_file(onnx_model) and meta["opset"] == "19"
+
+
+def test_fp16_graph_keeps_float32_io(artifacts):
+    fp16, _, _ = artifacts
+    model = onnx.load(str(fp16))
+    f32 = onnx.TensorProto.FLOAT
+    assert model.graph.input[0].type.tensor_type.elem_type == f32
+    assert model.graph.output[0].type.tensor_type.elem_type == f32
+    conv_w = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+    assert all(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer if i.name in conv_w)
+
+
+@needs_data
+@needs_masks
+@needs_dlib
+def test_fp16_and_int8_nmse_parity_on_real_faces(reference_model, onnx_model, artifacts, tmp_path):
+    """ΔNMSE bounds of the issue on a real subset: FP16 0.05, INT8 0.30 (the full 200-face run is in the docs)."""
+    from export.export_onnx import build_golden
+    from runtime.verify import main
+
+    fp16, int8, _ = artifacts
+    golden, _ = build_golden(reference_model, FACES, MASKS, count=24, seed=0, meta={})
+    golden.save(tmp_path / "g.npz")
+    out = tmp_path / "v.json"
+    rc = main(["--golden", str(tmp_path / "g.npz"), "--faces", str(FACES), "--json", str(out),
+               "--model", str(onnx_model), "--model", str(fp16), "--model", str(int8)])
+    models = json.loads(out.read_text())["models"]
+    assert [m["precision"] for m in models.values()] == ["fp32", "fp16", "int8"]
+    assert rc == 0, {k: m["max_abs_delta_nmse"] for k, m in models.items()}
+    # a non-trivial check: INT8 really changes the outputs, so the comparison is not vacuous
+    assert models[str(int8)]["conditions"]["clean"]["max_dev_px"] > 0.0
+
+
+@needs_data
+@needs_masks
+@needs_dlib
+def test_export_cli_metadata_ops_and_parity(tmp_path, tmp_cache):
+    import torch
+
+    from train import checkpoint
+    from train.model import MobileNetL
+
+    ckpt = CHECKPOINT
+    if not ckpt.exists():
+        torch.manual_seed(0)
+        ckpt = tmp_path / "init.pt"
+        checkpoint.save(ckpt, MobileNetL())
+    out = tmp_path / "m.onnx"
+    proc = subprocess.run([sys.executable, "export/export_onnx.py", "--checkpoint", str(ckpt), "--out", str(out),
+                           "--golden-faces", "3", "--opset", "17"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ONNX ops: Conv 56" in proc.stdout and "max landmark difference" in proc.stdout
+    model = onnx.load(str(out))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert {"preprocess", "schema", "checkpoint_sha256", "tools", "precision"} <= set(meta)
+    assert json.loads(meta["preprocess"])["input_size"] == 256 and json.loads(meta["schema"])["num_landmarks"] == 68
+    assert model.graph.input[0].name == "input" and model.graph.output[0].name == "landmarks"
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert not dims[0].HasField("dim_value") and [d.dim_value for d in dims[1:]] == [3, 256, 256]
+    assert out.with_suffix(".golden.npz").exists()
