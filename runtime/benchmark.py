@@ -44,6 +44,7 @@ from typing import Callable
 
 import numpy as np
 
+from .faces import dlib_shape_predictor_path
 from .files import atomic_write_bytes
 from .preprocess import crop_matrix, read_image, to_input, warp, whole_image_box
 
@@ -92,16 +93,6 @@ def face_sample(face: str | None) -> tuple[np.ndarray, tuple[float, float, float
     return image, whole_image_box(250, 250)
 
 
-def dlib_predictor_path() -> Path:
-    """dlib's 68-point model inside face-recognition-models (as train/annotate.py finds it, without torch)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    hits = glob.glob(os.path.join(os.path.dirname(spec.origin), "models", "shape_predictor_68_face_landmarks.dat")) \
-        if spec and spec.origin else []
-    if not hits:
-        raise RuntimeError("--dlib needs `pip install dlib-bin face-recognition-models` (extra: teacher)")
-    return Path(hits[0])
-
-
 def build(spec: Spec, max_batch: int, sample: tuple | None = None) -> Candidate:
     """The candidate ready to run; ``sample`` is face_sample(spec.face), computed once by the caller."""
     image, box = sample or face_sample(spec.face)
@@ -133,7 +124,7 @@ def build(spec: Spec, max_batch: int, sample: tuple | None = None) -> Candidate:
 
         if spec.face is None or not Path(spec.face).is_file():
             raise RuntimeError("--dlib needs a real face image: pass --face IMAGE")
-        predictor = dlib.shape_predictor(str(dlib_predictor_path()))
+        predictor = dlib.shape_predictor(str(dlib_shape_predictor_path()))
         rgb, rect = np.ascontiguousarray(image[:, :, ::-1]), dlib.rectangle(*(int(round(v)) for v in box))
         return Candidate(spec.label, "dlib", "dlib", "fp64",
                          lambda n: [predictor(rgb, rect) for _ in range(n)])

@@ -10,7 +10,10 @@ mapped onto dlib's framing by a measured correction (HAAR_TO_DLIB below), so the
 from __future__ import annotations
 
 import functools
+import glob
 import importlib.util
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -72,7 +75,7 @@ def detect_faces(image_bgr: np.ndarray, detector: str = "auto") -> list[Box]:
     # shrink big frames; boxes are scaled back below
     f = min(1.0, DETECT_MAX_SIDE / max(image.shape[:2]))
     small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1.0 else image
-    boxes = _dlib_boxes(small) if detector == "dlib" else _haar_boxes(small)
+    boxes = dlib_boxes(small) if detector == "dlib" else _haar_boxes(small)
     boxes = [tuple(float(v) / f for v in b) for b in boxes]
     return sorted(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
 
@@ -87,8 +90,8 @@ def _dlib_detector():
     return dlib.get_frontal_face_detector()
 
 
-def _dlib_boxes(image_bgr: np.ndarray) -> list[Box]:
-    # exactly as the teacher labelled the training set (train/annotate.py): RGB, upsample 1, then 2
+def dlib_boxes(image_bgr: np.ndarray) -> list[Box]:
+    """dlib HOG boxes at full resolution, as the teacher labels (train/annotate.py): RGB, upsample 1, then 2."""
     detect = _dlib_detector()
     rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
     for upsample in (1, 2):
@@ -126,3 +129,15 @@ def haar_to_dlib(box: Box) -> Box:
     cx, cy = (x0 + x1) / 2 + HAAR_TO_DLIB["dx"] * w, (y0 + y1) / 2 + HAAR_TO_DLIB["dy"] * h
     half_w, half_h = HAAR_TO_DLIB["scale"] * w / 2, HAAR_TO_DLIB["scale"] * h / 2
     return (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+
+
+def dlib_shape_predictor_path() -> Path:
+    """dlib's 68-point model inside face-recognition-models, found by path: importing that package
+    needs pkg_resources, which current setuptools no longer ships."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    hits = glob.glob(os.path.join(os.path.dirname(spec.origin), "models", "shape_predictor_68_face_landmarks.dat")) \
+        if spec and spec.origin else []
+    if not hits:
+        raise RuntimeError("dlib's 68-point model not found: `pip install dlib-bin face-recognition-models` "
+                           "(extra: teacher)")
+    return Path(hits[0])

@@ -9,8 +9,6 @@ Re-runs only label images that are new or whose bytes changed.
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.util
 import json
 import os
 import sys
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from runtime.faces import dlib_boxes, dlib_shape_predictor_path
 from runtime.preprocess import ImageError, read_image
 
 from .data import DEFAULT_FACES, atomic_write_bytes, file_sha1, labels_path, read_split
@@ -27,35 +26,15 @@ from .data import DEFAULT_FACES, atomic_write_bytes, file_sha1, labels_path, rea
 TEACHER = "dlib get_frontal_face_detector + shape_predictor_68_face_landmarks"
 
 
-def teacher_model_path() -> Path:
-    """Locate dlib's 68-point model inside face-recognition-models without importing it (needs pkg_resources)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("the teacher needs `pip install dlib-bin face-recognition-models` (extra: teacher)")
-    hits = glob.glob(os.path.join(os.path.dirname(spec.origin), "models", "shape_predictor_68_face_landmarks.dat"))
-    if not hits:
-        raise RuntimeError(f"shape_predictor_68_face_landmarks.dat not found next to {spec.origin}")
-    return Path(hits[0])
-
-
 class Teacher:
-    """dlib HOG face detector + 68-point shape predictor; picks the largest face."""
+    """dlib HOG face detector (runtime.faces.dlib_boxes) + 68-point shape predictor; picks the largest face."""
 
     def __init__(self) -> None:
         try:
             import dlib
         except ImportError as e:
             raise RuntimeError("the teacher needs dlib: `pip install dlib-bin`") from e
-        self.detector = dlib.get_frontal_face_detector()
-        self.predictor = dlib.shape_predictor(str(teacher_model_path()))
-
-    def detect(self, image_bgr: np.ndarray) -> list[tuple[float, float, float, float]]:
-        rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
-        for upsample in (1, 2):
-            rects = self.detector(rgb, upsample)
-            if len(rects):
-                return [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
-        return []
+        self.predictor = dlib.shape_predictor(str(dlib_shape_predictor_path()))
 
     def landmarks(self, image_bgr: np.ndarray, box) -> np.ndarray:
         import dlib
@@ -66,7 +45,7 @@ class Teacher:
 
     def label(self, image_bgr: np.ndarray):
         """(box, landmarks) of the largest face, or None when there is no face."""
-        boxes = self.detect(image_bgr)
+        boxes = dlib_boxes(image_bgr)
         if not boxes:
             return None
         box = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
