@@ -118,3 +118,28 @@ def test_verify_passes_faithful_and_fails_perturbed_models(trained, tmp_path):
     cv2.imwrite(str(other / golden.paths[0]), np.zeros((250, 250, 3), np.uint8))
     with pytest.raises(Exception, match="differs from the image"):
         main(["--golden", str(golden_path), "--model", str(path), "--faces", str(other)])
+
+
+@needs_data
+@needs_dlib
+def test_runtime_preprocessing_equals_training_and_evaluation(small_faces, tmp_cache):
+    """The runtime's input for a face box is what evaluation feeds, and what the training cache reproduces."""
+    from runtime.preprocess import crop_matrix, image_to_target, preprocess, read_image, to_input
+    from train.annotate import annotate
+    from train.data import load_labels, read_split
+    from train.dataset import CropCache, sample
+    from train.evaluate import load_faces, occluded_crops
+
+    annotate(small_faces, workers=1)
+    labels = load_labels(small_faces, read_split(small_faces, "val"))
+    cache = CropCache(small_faces, labels, "val-test")
+    for face in load_faces(small_faces, "val"):
+        image = read_image(small_faces / face.path)
+        x, m = preprocess(image, face.box)
+        _, by_cond = occluded_crops(small_faces, face, None, ["clean"], 0)
+        assert np.array_equal(to_input(by_cond["clean"][2]), x)  # evaluation: bit for bit
+        i = cache.paths.index(face.path)
+        crop, target = sample(cache, i, None, augment=False, mask=None)
+        # training goes through the cache (one more resampling): same framing, nearly the same pixels
+        assert np.abs(to_input(crop) - x).mean() < 0.05
+        assert np.abs(target - image_to_target(face.landmarks, crop_matrix(face.box))).max() * 256 < 0.5
