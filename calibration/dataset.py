@@ -77,7 +77,9 @@ def build_calibration_set(faces_dir: Path, count: int = DEFAULT_COUNT, seed: int
             continue
         box = boxes.get(rel, whole_image_box(*image.shape[:2]))
         crop = warp(image, crop_matrix(box))
-        mask = random_training_mask(rng) if i % 2 else None
+        mask = None
+        while i % 2 and mask is None:  # the occluded half: redraw the training generator's clean cases
+            mask = random_training_mask(rng)
         inputs.append(to_input(occlude(crop, mask))[0])
         used.append(rel)
         occluded.append(mask is not None)

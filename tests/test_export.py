@@ -23,9 +23,10 @@ def test_calibration_set_selection_and_key(small_faces, tmp_cache):
                 if not l.endswith(",train")}
     assert not set(a) & val_test  # training split only
     assert len(select_images(small_faces, 1000)) == 48  # capped at what exists
-    calib = build_calibration_set(small_faces, 8)
-    assert calib.inputs.shape == (8, 3, 256, 256) and calib.inputs.dtype == np.float32
-    assert calib.occluded.sum() == 4 and calib.framing == "whole image"  # no labels in this fresh cache
+    calib = build_calibration_set(small_faces, 24)
+    assert calib.inputs.shape == (24, 3, 256, 256) and calib.inputs.dtype == np.float32
+    assert calib.occluded.tolist() == [False, True] * 12 and calib.framing == "whole image"  # no labels here
+    assert (calib.inputs[1::2] == -1.0).mean() > (calib.inputs[0::2] == -1.0).mean() + 0.05  # black holes
     assert -1.0 <= calib.inputs.min() and calib.inputs.max() <= 1.0
     assert calib.key == calibration_key(calib.paths, 0) != calibration_key(calib.paths, 1)
     assert calib.key != build_calibration_set(small_faces, 6).key
