@@ -102,7 +102,8 @@ def build(spec: Spec, max_batch: int, sample: tuple | None = None) -> Candidate:
         from .backends import backend_for, load_backend
 
         name = spec.backend or backend_for(spec.path)
-        options = {"threads": spec.threads} if name == "onnxruntime" and spec.threads else {}
+        # no busy-waiting ORT threads: they would steal the cores from the next interleaved candidate
+        options = {"threads": spec.threads, "spinning": False} if name == "onnxruntime" else {}
         be = load_backend(spec.path, name, **options)
         return Candidate(spec.label, "model", be.name, be.precision, lambda n: be.run(crops[:n]), be.max_batch)
     if spec.kind == "torch":
