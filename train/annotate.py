@@ -19,9 +19,10 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.faces import dlib_boxes, dlib_shape_predictor_path
+from runtime.files import atomic_write_bytes
 from runtime.preprocess import ImageError, read_image
 
-from .data import DEFAULT_FACES, atomic_write_bytes, file_sha1, labels_path, read_split
+from .data import DEFAULT_FACES, file_sha1, labels_path, read_split
 
 TEACHER = "dlib get_frontal_face_detector + shape_predictor_68_face_landmarks"
 

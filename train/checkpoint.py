@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from runtime import preprocess, schema
+from runtime.files import atomic_write_bytes
 
-from .data import atomic_write_bytes
 from .model import MobileNetL, ModelConfig
 
 FORMAT = "mobilenet_l-checkpoint-v1"

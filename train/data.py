@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.files import atomic_write_bytes  # noqa: F401  (re-exported for train/, export/, calibration/)
-
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 DEFAULT_DATA = Path(os.environ.get("FACES_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DEFAULT_FACES = DEFAULT_DATA / "faces"

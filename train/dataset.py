@@ -10,13 +10,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from runtime.files import atomic_write_bytes
 from runtime.preprocess import (
     BOX_SCALE, INPUT_SIZE, PREPROCESS_VERSION, ImageError, crop_matrix, image_to_target, occlude, read_image, to_input,
     warp,
 )
 from runtime.schema import MIRROR
 
-from .data import Labels, atomic_write_bytes, cache_dir
+from .data import Labels, cache_dir
 from .occlusion import random_training_mask
 
 # The cache holds each face at the canonical framing plus a margin for jitter, at 1.25x the input size.

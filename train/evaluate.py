@@ -20,11 +20,12 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from runtime.files import atomic_write_bytes
 from runtime.metrics import nmse_per_face
 from runtime.preprocess import crop_matrix, occlude, output_to_image, read_image, warp
 
 from .annotate import annotate
-from .data import DEFAULT_FACES, DEFAULT_MASKS, atomic_write_bytes, labels_path, load_labels, read_split
+from .data import DEFAULT_FACES, DEFAULT_MASKS, labels_path, load_labels, read_split
 from .occlusion import CONDITIONS, eval_mask
 from .pose import SIDE_YAW_DEG, yaw_degrees
 

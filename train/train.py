@@ -23,12 +23,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from runtime.files import atomic_write_bytes
 from runtime.metrics import nmse_per_face
 from runtime.preprocess import INPUT_SIZE
 
 from . import checkpoint
 from .annotate import annotate
-from .data import DEFAULT_FACES, atomic_write_bytes, labels_path, load_labels, read_split
+from .data import DEFAULT_FACES, labels_path, load_labels, read_split
 from .dataset import CropCache, TrainSet, validation_batches
 from .model import MobileNetL
 
