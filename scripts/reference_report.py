@@ -167,7 +167,7 @@ last epoch was the best), so these numbers are a floor for this recipe, not its 
 ({json.dumps(state['train_config'])}), {len(history)} epochs in {total_s / 60:.0f} min on this 2-core CPU
 (`python -m train.train --epochs 20`, stopped after epoch 3 and continued with `--resume --epochs 16`
 to fit the session, which shortened the cosine schedule from epoch 4 on);
-best validation NMSE {best['val_nmse']['all']:.3f} at epoch {best['epoch']} (validation: 196 val faces clean,
+best validation NMSE {best['val_nmse']['all']:.3f} at epoch {best['epoch']} (validation: the teacher-labelled val split, clean,
 under the centre square and under two seeded synthetic masks; the Liu et al. masks are kept for the test).
 
 ![training curve](img/training_curve.png)
