@@ -108,7 +108,8 @@ def evaluate(predict: Predictor, faces_dir: Path, masks_dir: Path | None, split:
     return summarise(per_face, yaws, threshold), per_face
 
 
-def torch_predictor(model, batch_threads: int | None = None) -> Predictor:
+def torch_predictor(model) -> Predictor:
+    """Predictor over a PyTorch MobileNet-L."""
     import torch
 
     from runtime.preprocess import to_input

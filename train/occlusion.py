@@ -48,6 +48,7 @@ def load_liu_mask(path: str, size: int = INPUT_SIZE) -> np.ndarray:
 
 
 def bin_of(cov: float) -> str | None:
+    """The Liu et al. bin (of those evaluated) a hole coverage falls in, or None."""
     for name, (lo, hi, _) in LIU_BINS.items():
         if lo <= cov < hi:
             return name
@@ -60,12 +61,12 @@ def pick_liu_mask(masks_dir: Path, bin_name: str, key: str, seed: int = 0, tries
     The choice depends only on the seed, the bin and the face key, so every run
     (and every model) sees the same occlusion for the same face.
     """
-    lo, hi, first = LIU_BINS[bin_name]
+    first = LIU_BINS[bin_name][2]
     rng = np.random.default_rng([seed, first, *key.encode()])
     for _ in range(tries):
         name = f"{first + int(rng.integers(LIU_BIN_FILES)):05d}.png"
         mask = load_liu_mask(str(Path(masks_dir) / name))
-        if lo <= coverage(mask) < hi:
+        if bin_of(coverage(mask)) == bin_name:
             return name, mask
     raise RuntimeError(f"no mask with coverage in {bin_name} after {tries} draws in {masks_dir}")
 
