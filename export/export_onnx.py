@@ -22,7 +22,7 @@ import onnx
 import torch
 
 from runtime import preprocess, schema
-from runtime.files import atomic_write_bytes, sha256_file
+from runtime.files import atomic_write_bytes, sha1_file, sha256_file
 
 DEFAULT_OPSET = 17
 BACKBONE_OPS = {"Conv", "HardSwish", "HardSigmoid", "Relu", "GlobalAveragePool", "Mul", "Add"}
@@ -97,7 +97,6 @@ def embed_metadata(path: Path, props: dict[str, str]) -> None:
 def build_golden(model: torch.nn.Module, faces_dir: Path, masks_dir: Path, count: int, seed: int, meta: dict):
     """The fixed verification set: ``count`` test faces under every condition, with PyTorch predictions."""
     from runtime.golden import Golden
-    from train.data import file_sha1
     from train.evaluate import load_faces, occluded_crops
     from train.occlusion import CONDITIONS
 
@@ -116,7 +115,7 @@ def build_golden(model: torch.nn.Module, faces_dir: Path, masks_dir: Path, count
         ref = np.concatenate([model(torch.from_numpy(preprocess.to_input(crops[i:i + 64]))).numpy()
                               for i in range(0, len(crops), 64)])
     golden = Golden(
-        paths=[f.path for f in faces], sha1=[file_sha1(faces_dir / f.path) for f in faces],
+        paths=[f.path for f in faces], sha1=[sha1_file(faces_dir / f.path) for f in faces],
         boxes=np.stack([f.box for f in faces]), landmarks=np.stack([f.landmarks for f in faces]),
         yaw=np.array([f.yaw for f in faces]), face_index=np.array(face_index), condition=conds, mask_id=mask_ids,
         masks=np.stack(masks), reference=ref,

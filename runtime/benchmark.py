@@ -45,11 +45,10 @@ from typing import Callable
 import numpy as np
 
 from .faces import dlib_shape_predictor_path
-from .files import atomic_write_bytes
+from .files import DEFAULT_DATA, atomic_write_bytes
 from .preprocess import crop_matrix, read_image, to_input, warp, whole_image_box
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_FACES = Path(os.environ.get("FACES_DATA", ROOT.parent / "shared" / "data")) / "faces" / "cacd"
+DEFAULT_FACES = DEFAULT_DATA / "faces" / "cacd"
 
 
 @dataclass

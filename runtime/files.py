@@ -1,4 +1,5 @@
-"""Atomic file writes: engines, checkpoints, caches and reports never appear half-written."""
+"""File helpers: atomic writes (engines, checkpoints, caches and reports never appear half-written),
+digests, and where the development data lives."""
 from __future__ import annotations
 
 import hashlib
@@ -6,6 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 
+
+# ../shared/data beside the checkout unless FACES_DATA says otherwise
+DEFAULT_DATA = Path(os.environ.get("FACES_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -28,3 +32,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def sha256_file(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def sha1_file(path: str | Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()

@@ -8,7 +8,6 @@ every network input bit for bit.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, sha1_file
 from .preprocess import INPUT_SIZE, PREPROCESS_VERSION, ImageError, crop_matrix, occlude, read_image, warp
 
 GOLDEN_FORMAT = "landmarks-golden-v1"
@@ -80,7 +79,7 @@ class Golden:
             file = faces_dir / rel
             if not file.is_file():
                 raise ImageError(f"{file}: golden image missing (is --faces the folder the golden set came from?)")
-            if hashlib.sha1(file.read_bytes()).hexdigest() != self.sha1[f]:
+            if sha1_file(file) != self.sha1[f]:
                 raise ImageError(f"{file}: differs from the image the golden set was made from")
             crop = warp(read_image(file), crop_matrix(self.boxes[f]))
             for s in np.flatnonzero(self.face_index == f):

@@ -107,6 +107,12 @@ def crop_matrix(
     return m
 
 
+def box_in_crop(size: int = INPUT_SIZE, scale: float = 1.0) -> tuple[float, float, float, float]:
+    """The face box as it lies in a canonical crop of ``size`` px (``scale``: the crop_matrix scale used)."""
+    c, half = (size - 1) / 2, size / (BOX_SCALE * scale) / 2
+    return (c - half, c - half, c + half, c + half)
+
+
 def warp(image_bgr: np.ndarray, matrix: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     """Apply a crop matrix: uint8 BGR crop of size x size, zeros outside the image."""
     zoom = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))

@@ -18,18 +18,18 @@ from pathlib import Path
 import numpy as np
 
 from .backends import load_backend
-from .files import atomic_write_bytes
+from .files import DEFAULT_DATA, atomic_write_bytes
 from .golden import Golden
 from .metrics import nmse_per_face
-from .preprocess import INPUT_SIZE, apply_matrix, invert_matrix, to_input
+from .preprocess import INPUT_SIZE, output_to_image, to_input
 
 DEFAULT_BOUNDS = {"fp32": 0.01, "fp16": 0.05, "int8": 0.30}  # |ΔNMSE| in NMSE percentage points
-DEFAULT_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
+DEFAULT_FACES = DEFAULT_DATA / "faces"
 
 
 def to_image(pred: np.ndarray, matrices: np.ndarray) -> np.ndarray:
     """(S, 68, 2) normalised crop predictions -> image pixels, per sample matrix."""
-    return np.stack([apply_matrix(p * INPUT_SIZE, invert_matrix(m)) for p, m in zip(pred, matrices)])
+    return np.stack([output_to_image(p, m) for p, m in zip(pred, matrices)])
 
 
 def run_model(backend, crops: np.ndarray, batch: int = 32) -> np.ndarray:

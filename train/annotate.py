@@ -19,10 +19,10 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.faces import dlib_boxes, dlib_shape_predictor_path
-from runtime.files import atomic_write_bytes
+from runtime.files import atomic_write_bytes, sha1_file
 from runtime.preprocess import ImageError, read_image
 
-from .data import DEFAULT_FACES, file_sha1, labels_path, read_split
+from .data import DEFAULT_FACES, labels_path, read_split
 
 TEACHER = "dlib get_frontal_face_detector + shape_predictor_68_face_landmarks"
 
@@ -86,7 +86,7 @@ def annotate(faces_dir: Path, split: str | None = None, workers: int = 2, out: P
     paths = read_split(faces_dir, split)
     jobs = []
     for rel in paths:
-        sha = file_sha1(faces_dir / rel)
+        sha = sha1_file(faces_dir / rel)
         known = entries.get(rel) or failed.get(rel)
         if known is None or known["sha1"] != sha:
             jobs.append((rel, str(faces_dir / rel), sha))

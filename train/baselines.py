@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.preprocess import INPUT_SIZE, BOX_SCALE
+from runtime.preprocess import INPUT_SIZE, box_in_crop
 
 from .evaluate import Predictor
 
@@ -11,13 +11,12 @@ from .evaluate import Predictor
 def dlib_pretrained_predictor() -> Predictor:
     """dlib's shape predictor run on the occluded crop, with the face box found on the clean image.
 
-    In crop coordinates every teacher box is the same centred square of side INPUT_SIZE / BOX_SCALE.
+    In crop coordinates every teacher box is the same centred square (box_in_crop).
     """
     from .annotate import Teacher
 
     teacher = Teacher()
-    c, half = (INPUT_SIZE - 1) / 2, INPUT_SIZE / BOX_SCALE / 2
-    box = (c - half, c - half, c + half, c + half)
+    box = box_in_crop()
 
     def predict(crops: np.ndarray) -> np.ndarray:
         return np.stack([teacher.landmarks(crop, box) for crop in crops]) / INPUT_SIZE

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.files import DEFAULT_DATA
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-DEFAULT_DATA = Path(os.environ.get("FACES_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DEFAULT_FACES = DEFAULT_DATA / "faces"
 DEFAULT_MASKS = DEFAULT_DATA / "masks" / "nvidia_irregular_test"
 CACHE_ROOT = Path(os.environ.get("LANDMARK_CACHE", Path(__file__).resolve().parents[1] / "cache"))
@@ -54,10 +55,6 @@ def cache_dir(faces_dir: Path) -> Path:
 
 def labels_path(faces_dir: Path) -> Path:
     return cache_dir(faces_dir) / "labels.json"
-
-
-def file_sha1(path: Path) -> str:
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass

@@ -12,8 +12,8 @@ from tqdm import tqdm
 
 from runtime.files import atomic_write_bytes
 from runtime.preprocess import (
-    BOX_SCALE, INPUT_SIZE, PREPROCESS_VERSION, ImageError, crop_matrix, image_to_target, occlude, read_image, to_input,
-    warp,
+    INPUT_SIZE, PREPROCESS_VERSION, ImageError, box_in_crop, crop_matrix, image_to_target, occlude, read_image,
+    to_input, warp,
 )
 from runtime.schema import MIRROR
 
@@ -24,9 +24,7 @@ from .occlusion import random_training_mask
 CACHE_MARGIN = 1.25
 CACHE_SIZE = int(INPUT_SIZE * CACHE_MARGIN)
 # In cache coordinates every face box is the same: centred, BOX_SCALE * side = INPUT_SIZE.
-_C = (CACHE_SIZE - 1) / 2
-_HALF = INPUT_SIZE / BOX_SCALE / 2
-CACHE_BOX = (_C - _HALF, _C - _HALF, _C + _HALF, _C + _HALF)
+CACHE_BOX = box_in_crop(CACHE_SIZE, CACHE_MARGIN)
 
 
 class CropCache:
