@@ -5,9 +5,10 @@
         --threads 2 --json bench.json
 
 For every candidate and batch size: warm-up calls, then --runs timed calls of one batch, reported as the
-median, p90 and p99 latency per batch, ms per face and faces/s. The candidates are interleaved (round
-robin, the starting candidate rotating every repetition), so a machine that is busy with something else
-slows them all alike and the ratios stay fair. Ratios are per-face speedups (reference ms/face divided by
+median, p90 and p99 latency per batch, ms per face and faces/s. The candidates are interleaved in blocks
+of 10 calls (round robin, the starting candidate rotating every round, a short pause between blocks so
+one library's spinning threads do not steal the cores from the next), so a machine that is busy with
+something else slows them all alike and the ratios stay fair. Every library runs with its defaults. Ratios are per-face speedups (reference ms/face divided by
 candidate ms/face; above 1 means faster) against the first --model, PyTorch eager and dlib.
 
 What is timed: a model's backend call on ready float32 (N, 3, 256, 256) crops (PyTorch eager: the same
@@ -101,8 +102,7 @@ def build(spec: Spec, max_batch: int, sample: tuple | None = None) -> Candidate:
         from .backends import backend_for, load_backend
 
         name = spec.backend or backend_for(spec.path)
-        # no busy-waiting ORT threads: they would steal the cores from the next interleaved candidate
-        options = {"threads": spec.threads, "spinning": False} if name == "onnxruntime" else {}
+        options = {"threads": spec.threads} if name == "onnxruntime" else {}
         be = load_backend(spec.path, name, **options)
         return Candidate(spec.label, "model", be.name, be.precision, lambda n: be.run(crops[:n]), be.max_batch)
     if spec.kind == "torch":
@@ -149,18 +149,29 @@ def memory_probe(spec: Spec, batches: list[int]) -> dict[int, float]:
     return peaks
 
 
-def time_interleaved(cands: list[Candidate], n: int, warmup: int, runs: int) -> dict[str, list[float]]:
-    """Seconds per call of each candidate at batch n, the candidates taking turns every repetition."""
+def time_interleaved(cands: list[Candidate], n: int, warmup: int, runs: int, block: int = 10,
+                     settle_s: float = 0.25) -> dict[str, list[float]]:
+    """Seconds per call of each candidate at batch n, the candidates taking turns in blocks of calls.
+
+    Each library runs with its own defaults, busy-waiting thread pools included (ONNX Runtime's and
+    OpenMP's workers keep spinning for a while after a call). Calls one after another of different
+    libraries would therefore fight over the cores, so a candidate runs a block of calls, then the
+    machine settles before the next one; the first call of each block wakes the pool and is not timed.
+    """
     for c in cands:
         for _ in range(warmup):
             c.call(n)
+        time.sleep(settle_s)
     times: dict[str, list[float]] = {c.label: [] for c in cands}
-    for r in range(runs):
+    for r in range(-(-runs // block)):
         k = r % len(cands)  # rotate who goes first: no candidate always runs right after the same other one
         for c in cands[k:] + cands[:k]:
-            t0 = time.perf_counter()
             c.call(n)
-            times[c.label].append(time.perf_counter() - t0)
+            for _ in range(min(block, runs - r * block)):
+                t0 = time.perf_counter()
+                c.call(n)
+                times[c.label].append(time.perf_counter() - t0)
+            time.sleep(settle_s)
     return times
 
 
@@ -284,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, ratios)
     doc = {"machine": machine_info(args.threads),
            "settings": {"batches": args.batch, "warmup": args.warmup, "runs": args.runs, "face": face,
-                        "interleaved": "round robin, starting candidate rotated each repetition"},
+                        "interleaved": "round robin in blocks of 10 calls, 0.25 s settle between blocks, starting candidate rotated each round"},
            "results": rows, "ratios": ratios}
     atomic_write_bytes(args.json, json.dumps(doc, indent=1).encode())
     print(f"wrote {args.json}")

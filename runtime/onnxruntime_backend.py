@@ -24,7 +24,7 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        if not spinning:  # idle worker threads sleep instead of busy-waiting (fair interleaved benchmarks)
+        if not spinning:  # idle worker threads sleep instead of busy-waiting (share the CPU with other work)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
