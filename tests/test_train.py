@@ -43,7 +43,7 @@ def test_checkpoint_errors(tmp_path):
         checkpoint.load(tmp_path / "missing.pt")
     other = tmp_path / "other.pt"
     torch.save({"model": {}}, other)
-    with pytest.raises(ValueError, match="not a MobileNet-L checkpoint"):
+    with pytest.raises(ValueError, match="not a mobilenet_l-checkpoint-v1 checkpoint"):
         checkpoint.load(other)
 
 

@@ -14,11 +14,14 @@ from .model import MobileNetL, ModelConfig
 FORMAT = "mobilenet_l-checkpoint-v1"
 
 
-def save(path: Path, model: torch.nn.Module, **extra) -> None:
-    """Atomically write a checkpoint that loads with torch.load(weights_only=True)."""
+def save(path: Path, model: torch.nn.Module, format: str = FORMAT, **extra) -> None:
+    """Atomically write a checkpoint that loads with torch.load(weights_only=True).
+
+    ``model`` needs a ``config`` with ``to_dict()``; ``format`` names the network family (FAN* has its own).
+    """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     state = {
-        "format": FORMAT,
+        "format": format,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": model.config.to_dict(),
         "preprocess": preprocess.describe(),
@@ -30,7 +33,7 @@ def save(path: Path, model: torch.nn.Module, **extra) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def load(path: Path) -> dict:
+def load(path: Path, format: str = FORMAT) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
@@ -38,8 +41,8 @@ def load(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {e})") from e
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a MobileNet-L checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")
+    if not isinstance(state, dict) or state.get("format") != format:
+        raise ValueError(f"{path}: not a {format} checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")
     if state["preprocess"]["version"] != preprocess.PREPROCESS_VERSION:
         raise ValueError(f"{path}: trained with preprocessing {state['preprocess']['version']!r}, "
                          f"this code has {preprocess.PREPROCESS_VERSION!r}")

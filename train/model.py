@@ -4,11 +4,14 @@ The backbone is a table of block configurations, one row per line of Table 1.
 Activations are nn.Hardswish / nn.Hardsigmoid / nn.ReLU and SE is
 GlobalAveragePool -> Conv -> ReLU -> Conv -> HardSigmoid -> Mul, so the ONNX
 graph holds only ops TensorRT fuses (no Shape/Gather/Reshape in the backbone).
+
+ModelConfig's switches (se, hard_swish, linear_bottleneck, residual) build the
+ablation variants of the paper's Figure 9; ABLATIONS names them.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -53,9 +56,29 @@ class ModelConfig:
     s1: int = 128
     s2: int = 128
     s3: int = 64
+    # Ablation switches (Figure 9); the defaults are MobileNet-L. Checkpoints written before they
+    # existed lack these keys and so load as the full network.
+    se: bool = True  # False: no squeeze-and-excitation in any block
+    hard_swish: bool = True  # False: ReLU wherever Table 1 has hard-swish (stem, blocks, C2, S3 head)
+    linear_bottleneck: bool = True  # False: the block's activation after its 1x1 projection too
+    residual: bool = True  # False: no skip connections (plain bottlenecks)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+ABLATIONS: dict[str, ModelConfig] = {
+    "full": ModelConfig(),
+    "no-SE": ModelConfig(se=False),
+    "ReLU": ModelConfig(hard_swish=False),
+    "non-linear-bottleneck": ModelConfig(linear_bottleneck=False),
+    "no-residual": ModelConfig(residual=False),
+}
+
+
+def variant_name(config: ModelConfig) -> str:
+    """The ABLATIONS name of a config, or 'custom'."""
+    return next((name for name, c in ABLATIONS.items() if c == config), "custom")
 
 
 def _act(kind: str) -> nn.Module:
@@ -95,9 +118,12 @@ class SqueezeExcite(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """bneck: 1x1 expand + BN + NL, kxk depthwise + BN + NL, optional SE, 1x1 linear projection + BN."""
+    """bneck: 1x1 expand + BN + NL, kxk depthwise + BN + NL, optional SE, 1x1 linear projection + BN.
 
-    def __init__(self, cin: int, cfg: BlockConfig):
+    ``linear=False`` adds NL after the projection; ``residual=False`` drops the skip connection.
+    """
+
+    def __init__(self, cin: int, cfg: BlockConfig, linear: bool = True, residual: bool = True):
         super().__init__()
         layers: list[nn.Module] = []
         if cfg.expand != cin:
@@ -105,9 +131,9 @@ class InvertedResidual(nn.Module):
         layers.append(ConvBNAct(cfg.expand, cfg.expand, cfg.kernel, cfg.stride, groups=cfg.expand, act=cfg.act))
         if cfg.se:
             layers.append(SqueezeExcite(cfg.expand))
-        layers.append(ConvBNAct(cfg.expand, cfg.out, 1, act=None))
+        layers.append(ConvBNAct(cfg.expand, cfg.out, 1, act=None if linear else cfg.act))
         self.block = nn.Sequential(*layers)
-        self.residual = cfg.stride == 1 and cin == cfg.out
+        self.residual = residual and cfg.stride == 1 and cin == cfg.out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.block(x)
@@ -120,16 +146,18 @@ class MobileNetL(nn.Module):
     def __init__(self, config: ModelConfig = ModelConfig(), blocks: tuple[BlockConfig, ...] = MOBILENET_L_BLOCKS):
         super().__init__()
         self.config = config
-        layers: list[nn.Module] = [ConvBNAct(3, config.stem, 3, stride=2, act="HS")]
+        hs = "HS" if config.hard_swish else "RE"
+        layers: list[nn.Module] = [ConvBNAct(3, config.stem, 3, stride=2, act=hs)]
         cin = config.stem
         for cfg in blocks:
-            layers.append(InvertedResidual(cin, cfg))
+            cfg = replace(cfg, se=cfg.se and config.se, act=hs if cfg.act == "HS" else cfg.act)
+            layers.append(InvertedResidual(cin, cfg, config.linear_bottleneck, config.residual))
             cin = cfg.out
         self.features = nn.Sequential(*layers)  # -> C1 (8x8x96)
-        self.conv_c2 = ConvBNAct(cin, config.c2, 1, act="HS")  # -> C2 (8x8x576)
+        self.conv_c2 = ConvBNAct(cin, config.c2, 1, act=hs)  # -> C2 (8x8x576)
         self.pool = nn.AdaptiveAvgPool2d(1)  # the 8x8 average pools of Table 1
         self.s3 = nn.Sequential(
-            nn.Conv2d(config.c2, config.s3_hidden, 1), nn.Hardswish(), nn.Conv2d(config.s3_hidden, config.s3, 1)
+            nn.Conv2d(config.c2, config.s3_hidden, 1), _act(hs), nn.Conv2d(config.s3_hidden, config.s3, 1)
         )
         self.s1 = nn.Conv2d(cin, config.s1, 1)
         self.s2 = nn.Conv2d(config.c2, config.s2, 1)
@@ -187,11 +215,15 @@ def count_flops(model: nn.Module, input_size: int = 256) -> int:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description="Print MobileNet-L's parameter count and multiply-adds.").parse_args()
-    model = MobileNetL()
+    ap = argparse.ArgumentParser(description="Print MobileNet-L's parameter count and multiply-adds.")
+    ap.add_argument("--variant", choices=list(ABLATIONS), default="full", help="ablation variant (default: %(default)s)")
+    args = ap.parse_args()
+    model = MobileNetL(ABLATIONS[args.variant])
     macs = count_flops(model)
-    print(f"MobileNet-L: {count_parameters(model) / 1e6:.3f} M parameters, {macs / 1e9:.3f} G multiply-adds "
-          f"= {2 * macs / 1e9:.3f} GFLOPs at 256x256 (paper: about 1.7 M and 0.16 GFLOPs)")
+    full = args.variant == "full"
+    print(f"MobileNet-L{'' if full else f' ({args.variant})'}: {count_parameters(model) / 1e6:.3f} M parameters, "
+          f"{macs / 1e9:.3f} G multiply-adds = {2 * macs / 1e9:.3f} GFLOPs at 256x256"
+          f"{' (paper: about 1.7 M and 0.16 GFLOPs)' if full else ''}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python -m train.train --faces ../shared/data/faces --out runs/mobilenet_l
     python -m train.train ... --preset paper          # the paper's Adam 1e-4, betas (0, 0.9), batch 16, L2
     python -m train.train ... --resume                # carry on from OUT/last.pt
+    python -m train.train ... --variant no-SE         # an ablation variant of Figure 9 (train.model.ABLATIONS)
     torchrun --nproc_per_node=N -m train.train ...    # DistributedDataParallel (NCCL on GPUs, gloo on CPU)
 
 Writes OUT/last.pt (resumable), OUT/best.pt (lowest validation NMSE) and OUT/history.json.
@@ -31,7 +32,7 @@ from . import checkpoint
 from .annotate import annotate
 from .data import DEFAULT_FACES, labels_path, load_labels, read_split
 from .dataset import CropCache, TrainSet, validation_batches
-from .model import MobileNetL
+from .model import ABLATIONS, MobileNetL, ModelConfig, variant_name
 
 PRESETS = {
     # The paper's settings (Section "Training" of PAPER.md).
@@ -93,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="face folder with splits.csv (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=Path("runs/mobilenet_l"), help="run folder (default: %(default)s)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default", help="hyper-parameter preset (default: %(default)s)")
+    ap.add_argument("--variant", choices=list(ABLATIONS), default="full",
+                    help="network: MobileNet-L or one of its ablation variants (default: %(default)s)")
     ap.add_argument("--epochs", type=int, default=20, help="epochs (default: %(default)s)")
     ap.add_argument("--batch", type=int, help="per-process batch size (default: the preset's)")
     ap.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_set = TrainSet(CropCache(args.faces, train_labels, f"train-{tag}"), args.seed)
     val_x, val_y, val_kinds = validation_batches(CropCache(args.faces, val_labels, f"val-n{len(val_labels.paths)}"))
 
-    model = MobileNetL().to(device)
+    model = MobileNetL(ABLATIONS[args.variant]).to(device)
     if cfg["optimizer"] == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=cfg["betas"])
     else:
@@ -149,6 +152,10 @@ def main(argv: list[str] | None = None) -> dict:
         if not last_path.exists():
             raise SystemExit(f"{last_path}: nothing to resume")
         state = checkpoint.load(last_path)
+        saved = ModelConfig(**state["config"])
+        if saved != model.config:
+            raise SystemExit(f"{last_path}: a run of variant {variant_name(saved)!r}, not --variant {args.variant}; "
+                             f"resume it with --variant {variant_name(saved)} or train this one in another --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, history, best = state["epoch"], state["history"], state["best_val_nmse"]
