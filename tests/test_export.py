@@ -34,14 +34,14 @@ def test_calibration_set_selection_and_key(small_faces, tmp_cache):
 
 @pytest.fixture(scope="module")
 def artifacts(onnx_model, tmp_path_factory):
-    """FP16 and INT8 artifacts of the test model, calibrated on 32 real training images."""
+    """FP16 and INT8 artifacts of the test model, calibrated on 128 real training images (fewer make the INT8 ranges noisy)."""
     if not (FACES / "splits.csv").exists():
         pytest.skip(f"real face data not found at {FACES}")
     from calibration.dataset import build_calibration_set
     from export.quantize import make_fp16, make_int8
 
     out = tmp_path_factory.mktemp("artifacts")
-    calib = build_calibration_set(FACES, 32)
+    calib = build_calibration_set(FACES, 128)
     return make_fp16(onnx_model, out / "m.fp16.onnx"), make_int8(onnx_model, out / "m.int8.onnx", calib), calib
 
 
@@ -53,11 +53,15 @@ def test_qdq_properties(artifacts, onnx_model):
     g = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
-    convs = [n for n in g.node if n.op_type == "Conv" and n.name.startswith("/features/")]
-    assert len(convs) == 51  # the backbone; the head (C2 conv, S1/S2/S3, FC) stays in float by design
-    head = [n for n in g.node if n.op_type in ("Conv", "Gemm") and not n.name.startswith("/features/")]
-    assert len(head) == 6 and all(producer[n.input[1]].op_type != "DequantizeLinear" for n in head
-                                  if n.input[1] in producer)
+    first_dw = "/features/features.1/block/block.0/"  # its input, the stem output, stays float by design
+    convs = [n for n in g.node if n.op_type == "Conv" and n.name.startswith("/features/")
+             and not n.name.startswith(first_dw)]
+    assert len(convs) == 50  # the backbone; the head (C2 conv, S1/S2/S3, FC) stays in float by design
+    floats = [n for n in g.node if n.op_type in ("Conv", "Gemm")
+              and (not n.name.startswith("/features/") or n.name.startswith(first_dw))]
+    assert len(floats) == 7 and all(producer[n.input[1]].op_type != "DequantizeLinear" for n in floats
+                                    if n.input[1] in producer)
+    assert all(producer[n.input[0]].op_type != "DequantizeLinear" for n in floats)
     for conv in convs:
         dq = producer[conv.input[1]]
         assert dq.op_type == "DequantizeLinear", conv.name
@@ -86,7 +90,7 @@ def test_fp16_graph_keeps_float32_io(artifacts):
 
 @pytest.fixture(scope="module")
 def parity(reference_model, onnx_model, artifacts, tmp_path_factory):
-    """runtime.verify of FP32, FP16 and INT8 on a golden set of 24 real test faces x 6 conditions."""
+    """runtime.verify of FP32, FP16 and INT8 on a golden set of 200 real test faces x 6 conditions (the bounds hold for 200, as the issue sets them)."""
     if not (MASKS.is_dir() and (FACES / "splits.csv").exists()):
         pytest.skip("real faces and Liu et al. masks needed")
     pytest.importorskip("dlib", reason="teacher extra needed for the ground truth")
@@ -95,7 +99,7 @@ def parity(reference_model, onnx_model, artifacts, tmp_path_factory):
 
     fp16, int8, _ = artifacts
     tmp = tmp_path_factory.mktemp("parity")
-    golden, _ = build_golden(reference_model, FACES, MASKS, count=24, seed=0, meta={})
+    golden, _ = build_golden(reference_model, FACES, MASKS, count=200, seed=0, meta={})
     golden.save(tmp / "g.npz")
     rc = main(["--golden", str(tmp / "g.npz"), "--faces", str(FACES), "--json", str(tmp / "v.json"),
                "--model", str(onnx_model), "--model", str(fp16), "--model", str(int8)])
@@ -113,8 +117,6 @@ def test_fp32_and_fp16_nmse_parity_on_real_faces(parity):
     assert models["int8"]["conditions"]["clean"]["max_dev_px"] > 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: INT8 post-training quantization misses the 0.30 ΔNMSE bound "
-                                       "under 40-60 % occlusion (docs/deployment.md); an XPASS means it is fixed")
 def test_int8_nmse_parity_under_every_condition(parity):
     rc, models = parity
     assert models["int8"]["pass"], {k: v["delta_nmse"] for k, v in models["int8"]["conditions"].items()}
@@ -148,3 +150,29 @@ def test_export_cli_metadata_ops_and_parity(tmp_path, tmp_cache):
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert not dims[0].HasField("dim_value") and [d.dim_value for d in dims[1:]] == [3, 256, 256]
     assert out.with_suffix(".golden.npz").exists()
+
+
+def test_int8_sweep_finds_activation_qdq_and_removes_it(artifacts, onnx_model):
+    import onnxruntime as ort
+
+    from export.int8_sweep import activation_qdq, block_of, without_qdq
+
+    _, int8, _ = artifacts
+    model = onnx.load(str(int8))
+    pairs = activation_qdq(model)
+    inits = {i.name for i in model.graph.initializer}
+    assert len(pairs) >= 40 and not any(q.input[0] in inits for q, _ in pairs)
+    assert {block_of(q.input[0]) for q, _ in pairs} >= {"input", *(f"features.{i}" for i in range(2, 12))}
+
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 256, 256)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString() if isinstance(m, onnx.ModelProto) else str(m),
+                                    providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+    fp32 = run(onnx_model)
+    weights_only = without_qdq(model, pairs)
+    read = {i for n in weights_only.graph.node for i in n.input}
+    assert not any(dq.output[0] in read for _, dq in pairs)  # nothing reads a quantized activation any more
+    # with only the weights quantized the graph is closer to FP32 than the full INT8 graph
+    assert np.abs(run(weights_only) - fp32).mean() < np.abs(run(model) - fp32).mean()

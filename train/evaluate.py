@@ -32,10 +32,23 @@ from .pose import SIDE_YAW_DEG, yaw_degrees
 # Predictor: uint8 BGR crops (N, 256, 256, 3) -> normalised landmarks (N, 68, 2).
 Predictor = Callable[[np.ndarray], np.ndarray]
 
-PAPER = {  # MobileNet-L, PAPER.md Tables 3 and 4
+# The paper's numbers (Pang et al. 2025, as summarised in PAPER.md), all in this one place.
+PAPER = {  # MobileNet-L, NMSE %: Tables 3 (frontal) and 4 (side)
     "frontal": {"10-20": 2.64, "30-40": 3.67, "40-50": 5.75, "50-60": 6.26, "center25": 9.54},
     "side": {"10-20": 5.36, "30-40": 7.25, "40-50": 10.27, "50-60": 11.80, "center25": 12.13},
 }
+PAPER_METHODS = {  # Tables 3 and 4 with the paper's re-implemented baselines FAN* and ESR*
+    "MobileNet-L": PAPER,
+    "FAN*": {"frontal": {"10-20": 3.56, "30-40": 4.75, "40-50": 6.85, "50-60": 7.82, "center25": 9.52},
+             "side": {"10-20": 4.02, "30-40": 6.78, "40-50": 11.06, "50-60": 12.67, "center25": 14.07}},
+    "ESR*": {"frontal": {"10-20": 4.72, "30-40": 6.53, "40-50": 9.63, "50-60": 10.34, "center25": 13.26},
+             "side": {"10-20": 4.75, "30-40": 6.73, "40-50": 10.93, "50-60": 12.42, "center25": 13.86}},
+}
+PAPER_TOTAL_S = {"MobileNet-L": 1.84, "FAN*": 3.64, "ESR*": 3.06}  # Table 2: total testing time, seconds
+# Figure 9 (centre occlusion): NMSE improvement (%) from adding each component, keyed by the
+# train.model.ABLATIONS variant that lacks it.
+PAPER_FIG9 = {"no-SE": ("SE", 3.5), "ReLU": ("h-swish", 11.6), "non-linear-bottleneck": ("linear bottleneck", 9.2),
+              "no-residual": ("inverted residual", 17.8)}
 
 
 @dataclass

@@ -1,0 +1,128 @@
+"""scripts/results_report.py on two test faces, with tiny FAN*, ESR* and ablation models made here."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.conftest import CHECKPOINT, FACES, MASKS, needs_data, needs_dlib, needs_masks
+
+pytestmark = [needs_data, needs_masks, needs_dlib,
+              pytest.mark.skipif(not CHECKPOINT.exists(), reason=f"committed checkpoint {CHECKPOINT} not found")]
+
+KEYS = {"clean", "10-20", "30-40", "40-50", "50-60", "center25"}
+METHODS = {"MobileNet-L", "FAN*", "ESR*", "dlib-pretrained"}
+VARIANTS = ["full", "no-SE"]  # two of train.model.ABLATIONS are enough to show the table
+
+
+def tiny_models(root):
+    """Untrained FAN* and ablation checkpoints and a 2-level ESR* cascade: seconds to make, any output will do."""
+    import torch
+
+    from runtime.preprocess import box_in_crop
+    from train import checkpoint, esr
+    from train.fan import FAN, FORMAT, FANConfig
+    from train.model import ABLATIONS, MobileNetL
+
+    torch.manual_seed(0)
+    meta = dict(epoch=1, history=[], best_val_nmse=1.0, train_faces=16)
+    checkpoint.save(root / "fan" / "best.pt", FAN(FANConfig(width=16, depth=2)), FORMAT, **meta)
+    for name in VARIANTS:
+        checkpoint.save(root / "ablation" / name / "best.pt", MobileNetL(ABLATIONS[name]), **meta)
+    for preset, run, val in (("default", root / "ablation" / "full", 9.0), ("paper", root / "paper", 11.0)):
+        history = [{"epoch": e, "val_nmse": {"all": val - e, "clean": 5.0, "center25": 12.0}} for e in (1, 2)]
+        checkpoint.save(run / "last.pt", MobileNetL(), **meta | dict(epoch=2, history=history, preset=preset,
+                                                                     train_config={"preset": preset}))
+    rng = np.random.default_rng(0)
+    x0, y0, x1, y1 = box_in_crop()
+    points = rng.uniform([x0, y0], [x1, y1], (4, 68, 2))
+    crops = rng.integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
+    options = esr.training_options(oversampling=2, cascade_depth=2, trees=5, threads=1, verbose=False)
+    esr.train(crops, points, options).save(str(root / "esr.dat"))
+    return ["--fan", str(root / "fan" / "best.pt"), "--esr", str(root / "esr.dat"),
+            "--ablation-dir", str(root / "ablation"), "--paper-preset-run", str(root / "paper")]
+
+
+def report(*args: str) -> dict:
+    from scripts.results_report import main
+
+    return main(["--checkpoint", str(CHECKPOINT), "--faces", str(FACES), "--masks", str(MASKS), "--limit", "2", *args])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tests check the report, not the speed: on a shared 2-core machine a second busy-waiting torch
+    thread makes each batch-1 forward many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    docs = root / "docs"
+    return docs, report(*tiny_models(root), "--docs", str(docs))
+
+
+def test_writes_every_method_ablation_and_speed(full_run):
+    docs, returned = full_run
+    doc = json.loads((docs / "results.json").read_text())
+    assert doc == json.loads(json.dumps(returned))
+    assert set(doc) == {"methods", "ablation", "speed", "presets"}
+    assert set(doc["methods"]) == METHODS
+    assert list(doc["ablation"]) == VARIANTS
+    assert [r["preset"] for r in doc["presets"].values()] == ["default", "paper"]
+    assert "the **default** preset is better" in (docs / "results.md").read_text()  # 7.0 against 9.0
+    for res in [*doc["methods"].values(), *doc["ablation"].values()]:
+        assert res["n_faces"]["all"] == 2 and res["ms_per_face"] > 0
+        assert all(set(res["nmse"][g]) == KEYS for g in ("all", "frontal", "side"))
+    assert doc["ablation"]["no-SE"]["budget"] == {"epochs": 1, "best_epoch": 1, "train_faces": 16}
+    speed = doc["speed"]["methods"]
+    assert set(speed["MobileNet-L"]) == set(speed["FAN*"]) == {"pytorch-eager", "onnxruntime"}
+    assert set(speed["ESR*"]) == set(speed["dlib-pretrained"]) == {"dlib"}
+    assert all(t["total_s"] > 0 and t["median_ms"] > 0 for by in speed.values() for t in by.values())
+    assert doc["methods"]["FAN*"]["ms_per_face"] == speed["FAN*"]["pytorch-eager"]["median_ms"]
+
+    md = (docs / "results.md").read_text()
+    for heading in ("Speed (cf. paper Table 2)", "Frontal faces (cf. paper Table 3)", "Side faces (cf. paper Table 4)",
+                    "Ablation (cf. paper Figure 9)", "Cell by cell"):
+        assert heading in md
+    assert r"| *FAN\* (paper)* | – | *3.56* |" in md and "| ESR* | dlib |" in md and "| no-SE | 1 (1) | 16 |" in md
+    for image in ("nmse_vs_occlusion.png", "training_curve.png", "examples.png"):
+        assert (docs / "img" / image).stat().st_size > 0
+
+
+def test_reuse_renders_without_evaluating(full_run, tmp_path, monkeypatch):
+    from scripts import results_report
+
+    docs = tmp_path / "docs"
+    shutil.copytree(full_run[0], docs)
+    (docs / "results.md").unlink()
+    (docs / "img" / "nmse_vs_occlusion.png").unlink()
+    before = (docs / "results.json").read_bytes()
+
+    def refuse(*a, **k):
+        raise AssertionError("--reuse must not evaluate")
+
+    monkeypatch.setattr(results_report, "evaluate", refuse)
+    monkeypatch.setattr(results_report, "time_interleaved", refuse)
+    report("--reuse", "--docs", str(docs))
+    assert (docs / "results.json").read_bytes() == before
+    assert (docs / "results.md").read_text() == (full_run[0] / "results.md").read_text()
+    assert (docs / "img" / "nmse_vs_occlusion.png").is_file()
+
+
+def test_missing_models_are_skipped_with_a_hint(tmp_path, capsys):
+    doc = report("--checkpoint", str(tmp_path / "no.pt"), "--fan", str(tmp_path / "no_fan.pt"),
+                 "--esr", str(tmp_path / "no.dat"), "--ablation-dir", str(tmp_path / "none"),
+                 "--docs", str(tmp_path / "docs"))  # a later --checkpoint overrides report()'s
+    out = capsys.readouterr().out
+    assert set(doc["methods"]) == {"dlib-pretrained"} and doc["ablation"] == {}
+    assert "python -m train.train" in out and "python -m train.fan" in out and "python -m train.esr" in out
+    assert "--variant no-SE" in out
+    md = (tmp_path / "docs" / "results.md").read_text()
+    assert "dlib-pretrained (ours)" in md and "FAN* (ours)" not in md and "Ablation" not in md
