@@ -62,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, required=True, metavar="OUT", help="engine file to write (sidecar: OUT.json)")
     ap.add_argument("--calib-faces", type=Path, default=None, metavar="DIR",
                     help=f"CelebA-HQ-style folder for INT8 calibration (its train split; default {DEFAULT_FACES})")
-    ap.add_argument("--calib-count", type=positive, default=None, metavar="N", help="calibration images (default 512)")
+    ap.add_argument("--calib-count", type=positive, default=None, metavar="N", help="calibration images (default 1024)")
     ap.add_argument("--calibrator", choices=["entropy", "minmax"],
                     help="classic implicit INT8 calibration of the FP32 ONNX (TensorRT 8.5-10.x only): "
                          "IInt8EntropyCalibrator2 or IInt8MinMaxCalibrator; calibrates at the OPT batch")

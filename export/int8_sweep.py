@@ -1,13 +1,14 @@
 """Which quantized activations cost an INT8 graph its accuracy: a per-block sensitivity sweep.
 
     python export/int8_sweep.py --int8 out/mobilenet_l.int8.onnx --golden out/mobilenet_l.golden.npz \
-        [--faces ../shared/data/faces] [--conditions 40-50,50-60] [--json sweep.json]
+        [--fp32 out/mobilenet_l.onnx] [--faces ../shared/data/faces] [--conditions 40-50,50-60] [--json sweep.json]
 
 For every backbone block (and the network input) the sweep removes the Q/DQ pairs on that block's
 activation tensors, so those tensors stay float while everything else stays INT8, and measures ΔNMSE
-against the PyTorch reference of the golden set (runtime.verify) in ONNX Runtime. A block whose removal
-brings ΔNMSE close to zero holds the tensors to keep in float: add its consumer nodes to FLOAT_NODES in
-export/quantize.py. This is how the stem output was found (docs/deployment.md).
+against the PyTorch reference of the golden set (runtime.verify) in ONNX Runtime. With --fp32 it then
+does the same for weights: each block's convolutions get their float weights back from the FP32 ONNX.
+A block whose row brings ΔNMSE close to zero holds what to keep in float: add its nodes to FLOAT_NODES
+in export/quantize.py. This is how the stem was found (docs/deployment.md).
 """
 from __future__ import annotations
 
@@ -43,11 +44,11 @@ def activation_qdq(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.No
     return pairs
 
 
-def block_of(tensor: str) -> str:
-    """'input', 'features.N' (backbone block N; 0 is the stem) or 'head'."""
-    if tensor == "input":
+def block_of(name: str) -> str:
+    """Of a tensor or node name: 'input', 'features.N' (backbone block N; 0 is the stem) or 'head'."""
+    if name == "input":
         return "input"
-    m = re.match(r"/features/features\.(\d+)/", tensor)
+    m = re.match(r"/features/features\.(\d+)/", name)
     return f"features.{m.group(1)}" if m else "head"
 
 
@@ -61,23 +62,51 @@ def without_qdq(model: onnx.ModelProto, pairs: list[tuple[onnx.NodeProto, onnx.N
     return out
 
 
-def sweep(int8: Path, golden: Golden, crops: np.ndarray, conditions: list[str]) -> dict[str, dict]:
-    """ΔNMSE per condition: the INT8 graph as is ('none'), then with each block's activations in float."""
+def with_float_weights(model: onnx.ModelProto, fp32: onnx.ModelProto, convs: set[str]) -> onnx.ModelProto:
+    """A copy whose named convolutions read the FP32 model's weights instead of dequantized INT8 ones."""
+    inits = {i.name: i for i in fp32.graph.initializer}
+    weight_of = {n.name: inits[n.input[1]] for n in fp32.graph.node if n.op_type == "Conv" and n.input[1] in inits}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        if node.name in convs:
+            weight = out.graph.initializer.add()
+            weight.CopyFrom(weight_of[node.name])
+            weight.name = f"{node.name}/float_weight"
+            node.input[1] = weight.name
+    return out
+
+
+def sweep(int8: Path, golden: Golden, crops: np.ndarray, conditions: list[str],
+          fp32: Path | None = None) -> dict[str, dict]:
+    """ΔNMSE per condition: the INT8 graph as is ('none'), then with each block's activations in float,
+    then (given the FP32 ONNX) with each block's conv weights in float."""
     model = onnx.load(str(int8))
-    groups: dict[str, list] = {"none": []}
+    variants: dict[str, tuple[onnx.ModelProto, int]] = {"none": (model, 0)}
+    groups: dict[str, list] = {}
     for q, dq in activation_qdq(model):
         groups.setdefault(block_of(q.input[0]), []).append((q, dq))
+    variants |= {f"act {b}": (without_qdq(model, pairs), len(pairs)) for b, pairs in groups.items()}
+    if fp32 is not None:
+        producer = {o: n for n in model.graph.node for o in n.output}
+        convs: dict[str, set[str]] = {}
+        for n in model.graph.node:
+            if n.op_type == "Conv" and getattr(producer.get(n.input[1]), "op_type", "") == "DequantizeLinear":
+                convs.setdefault(block_of(n.name), set()).add(n.name)
+        reference = onnx.load(str(fp32))
+        variants |= {f"weights {b}": (with_float_weights(model, reference, names), len(names))
+                     for b, names in convs.items()}
     sel = np.isin(np.array(golden.condition), conditions)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, pairs in groups.items():
+        for name, (variant, count) in variants.items():
             path = Path(tmp) / "variant.onnx"
-            onnx.save(without_qdq(model, pairs), str(path))
+            onnx.save(variant, str(path))
             pred = golden.reference.copy()  # unselected samples equal the reference: ΔNMSE 0 there
             pred[sel] = run_model(OnnxRuntimeBackend(path), crops[sel])
             per_cond = compare(golden, pred)
-            results[name] = {"tensors": len(pairs), **{c: per_cond[c]["delta_nmse"] for c in conditions}}
-            print(f"{name:<14}{len(pairs):>8}" + "".join(f"{results[name][c]:>+10.3f}" for c in conditions), flush=True)
+            results[name] = {"count": count, **{c: per_cond[c]["delta_nmse"] for c in conditions}}
+            print(f"{name:<20}{count:>6}" + "".join(f"{results[name][c]:>+10.3f}" for c in conditions), flush=True)
     return results
 
 
@@ -85,11 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--int8", type=Path, required=True, help="INT8 Q/DQ ONNX from export/quantize.py")
     ap.add_argument("--golden", type=Path, required=True, help="golden set written by export/export_onnx.py")
+    ap.add_argument("--fp32", type=Path, help="the FP32 ONNX: also sweep the conv weights, block by block")
     ap.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="faces folder of the golden set (default: %(default)s)")
     ap.add_argument("--conditions", default="40-50,50-60", help="conditions to measure (default: %(default)s)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
-    for path in (args.int8, args.golden):
+    for path in (args.int8, args.golden, *([args.fp32] if args.fp32 else [])):
         if not path.is_file():
             ap.error(f"{path}: not found")
     golden = Golden.load(args.golden)
@@ -98,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"conditions {sorted(unknown)} are not in {args.golden} (it has {sorted(set(golden.condition))})")
     crops = golden.crops(args.faces)
-    print(f"{'in float':<14}{'tensors':>8}" + "".join(f"{'Δ ' + c:>10}" for c in conditions))
-    results = sweep(args.int8, golden, crops, conditions)
+    print(f"{'in float':<20}{'count':>6}" + "".join(f"{'Δ ' + c:>10}" for c in conditions))
+    results = sweep(args.int8, golden, crops, conditions, args.fp32)
     if args.json:
         atomic_write_bytes(args.json, json.dumps({"int8": str(args.int8), "delta_nmse": results}, indent=1).encode())
         print(f"wrote {args.json}")

@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "weights" / "mobilenet_l.pt")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="(default: %(default)s)")
     ap.add_argument("--golden-faces", type=int, default=200, help="test faces in the golden set (default: %(default)s)")
-    ap.add_argument("--calib-count", type=int, default=512, help="INT8 calibration images (default: %(default)s)")
+    ap.add_argument("--calib-count", type=int, help="INT8 calibration images (default: export/quantize.py's)")
     args = ap.parse_args()
     out, py = args.out, sys.executable
     out.mkdir(parents=True, exist_ok=True)
@@ -68,7 +68,8 @@ def main() -> int:
         return summary(p)
     quant = [py, "export/quantize.py", "--onnx", str(onnx), "--fp16", str(fp16)]
     if have_data:
-        quant += ["--int8", str(int8), "--calib-faces", str(faces), "--calib-count", str(args.calib_count)]
+        quant += ["--int8", str(int8), "--calib-faces", str(faces)] + (
+            ["--calib-count", str(args.calib_count)] if args.calib_count else [])
     else:
         p.skip("INT8 Q/DQ", f"no calibration images at {faces}")
     p.run("precision artifacts with TensorRT Model Optimizer", quant)

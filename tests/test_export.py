@@ -53,15 +53,15 @@ def test_qdq_properties(artifacts, onnx_model):
     g = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
-    first_dw = "/features/features.1/block/block.0/"  # its input, the stem output, stays float by design
+    in_float = ("/features/features.0/", "/features/features.1/block/block.0/")  # the stem and its reader: by design
     convs = [n for n in g.node if n.op_type == "Conv" and n.name.startswith("/features/")
-             and not n.name.startswith(first_dw)]
-    assert len(convs) == 50  # the backbone; the head (C2 conv, S1/S2/S3, FC) stays in float by design
+             and not n.name.startswith(in_float)]
+    assert len(convs) == 49  # the backbone; the head (C2 conv, S1/S2/S3, FC) stays in float by design
     floats = [n for n in g.node if n.op_type in ("Conv", "Gemm")
-              and (not n.name.startswith("/features/") or n.name.startswith(first_dw))]
-    assert len(floats) == 7 and all(producer[n.input[1]].op_type != "DequantizeLinear" for n in floats
+              and (not n.name.startswith("/features/") or n.name.startswith(in_float))]
+    assert len(floats) == 8 and all(producer[n.input[1]].op_type != "DequantizeLinear" for n in floats
                                     if n.input[1] in producer)
-    assert all(producer[n.input[0]].op_type != "DequantizeLinear" for n in floats)
+    assert all(getattr(producer.get(n.input[0]), "op_type", None) != "DequantizeLinear" for n in floats)
     for conv in convs:
         dq = producer[conv.input[1]]
         assert dq.op_type == "DequantizeLinear", conv.name
@@ -155,14 +155,15 @@ def test_export_cli_metadata_ops_and_parity(tmp_path, tmp_cache):
 def test_int8_sweep_finds_activation_qdq_and_removes_it(artifacts, onnx_model):
     import onnxruntime as ort
 
-    from export.int8_sweep import activation_qdq, block_of, without_qdq
+    from export.int8_sweep import activation_qdq, block_of, with_float_weights, without_qdq
 
     _, int8, _ = artifacts
     model = onnx.load(str(int8))
     pairs = activation_qdq(model)
     inits = {i.name for i in model.graph.initializer}
     assert len(pairs) >= 40 and not any(q.input[0] in inits for q, _ in pairs)
-    assert {block_of(q.input[0]) for q, _ in pairs} >= {"input", *(f"features.{i}" for i in range(2, 12))}
+    blocks = {block_of(q.input[0]) for q, _ in pairs}
+    assert blocks >= {f"features.{i}" for i in range(2, 12)} and not blocks & {"input", "features.0"}  # stem: float
 
     x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 256, 256)).astype(np.float32)
 
@@ -176,3 +177,6 @@ def test_int8_sweep_finds_activation_qdq_and_removes_it(artifacts, onnx_model):
     assert not any(dq.output[0] in read for _, dq in pairs)  # nothing reads a quantized activation any more
     # with only the weights quantized the graph is closer to FP32 than the full INT8 graph
     assert np.abs(run(weights_only) - fp32).mean() < np.abs(run(model) - fp32).mean()
+    # and with the float weights back as well it is the FP32 graph
+    convs = {n.name for n in weights_only.graph.node if n.op_type == "Conv"}
+    assert np.abs(run(with_float_weights(weights_only, onnx.load(str(onnx_model)), convs)) - fp32).max() < 1e-4
