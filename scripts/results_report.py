@@ -64,7 +64,8 @@ def budget(run_dir: Path, state: dict) -> dict:
     """Training budget of a run: epochs done (last.pt when present), the best epoch and the training faces."""
     last = run_dir / "last.pt"
     done = checkpoint.load(last, state["format"])["epoch"] if last.is_file() else state["epoch"]
-    return {"epochs": done, "best_epoch": state["epoch"], "train_faces": state["train_faces"]}
+    return {"epochs": done, "best_epoch": state["epoch"], "train_faces": state["train_faces"],
+            "best_val_nmse": state["best_val_nmse"]}
 
 
 def clean_crops(faces_dir: Path, limit: int | None) -> np.ndarray:
@@ -383,6 +384,15 @@ One seed each and a short budget: a small-budget A/B, not a full-length one.
 """
 
 
+def fan_note(budget: dict, mobilenet_val: float) -> str:
+    text = (f"**Read FAN\\* with its budget:** {budget['epochs']} epochs on {budget['train_faces']} training faces, "
+            f"best validation NMSE {budget['best_val_nmse']:.1f} (MobileNet-L's: {mobilenet_val:.2f}).")
+    if budget["best_val_nmse"] > 3 * mobilenet_val:
+        text += (" A heatmap network this short of training has not learned to localise yet: its rows say nothing "
+                 "about the architecture, only that it needs a far longer run.")
+    return text + "\n"
+
+
 def render(doc: dict, state: dict | None, args: argparse.Namespace) -> str:
     methods, ablation, speed = doc["methods"], doc["ablation"], doc["speed"]
     if not methods:
@@ -419,6 +429,8 @@ test set on its own hardware, so compare the ratios, not the seconds.
 {speed_table(speed)}
 """ + (f"\nFAN* here is the checkpoint of epoch {fan_budget['best_epoch']} of {fan_budget['epochs']} on "
        f"{fan_budget['train_faces']} training faces.\n" if fan_budget else ""))
+    if methods.get("FAN*", {}).get("budget") and state is not None:
+        out.append(fan_note(methods["FAN*"]["budget"], state["best_val_nmse"]))
     out.append(f"""## Frontal faces (cf. paper Table 3)
 
 {nmse_table(methods, "frontal")}

@@ -80,7 +80,7 @@ def test_writes_every_method_ablation_and_speed(full_run):
     for res in [*doc["methods"].values(), *doc["ablation"].values()]:
         assert res["n_faces"]["all"] == 2 and res["ms_per_face"] > 0
         assert all(set(res["nmse"][g]) == KEYS for g in ("all", "frontal", "side"))
-    assert doc["ablation"]["no-SE"]["budget"] == {"epochs": 1, "best_epoch": 1, "train_faces": 16}
+    assert doc["ablation"]["no-SE"]["budget"] == {"epochs": 1, "best_epoch": 1, "train_faces": 16, "best_val_nmse": 1.0}
     speed = doc["speed"]["methods"]
     assert set(speed["MobileNet-L"]) == set(speed["FAN*"]) == {"pytorch-eager", "onnxruntime"}
     assert set(speed["ESR*"]) == set(speed["dlib-pretrained"]) == {"dlib"}
