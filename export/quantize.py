@@ -71,7 +71,8 @@ def _quiet_modelopt() -> None:
 # heavy-occlusion gap (ΔNMSE at 50-60 % +0.84 -> -0.07), on the epoch-26 one the stem conv's weights
 # did (+0.49 -> +0.30); docs/deployment.md.
 FLOAT_OP_TYPES = ["HardSwish", "HardSigmoid", "Mul", "GlobalAveragePool", "Flatten"]
-FLOAT_NODES = [r"/features/features\.0/", r"/features/features\.1/block/block\.0/", r"/conv_c2/", r"/s1/", r"/s2/", r"/s3/", r"/fc/"]
+FLOAT_NODES = [r"/features/features\.0/", r"/features/features\.1/block/block\.0/",
+               r"/conv_c2/", r"/s1/", r"/s2/", r"/s3/", r"/fc/"]
 
 
 def make_fp16(src: Path, dst: Path) -> Path:

@@ -5,11 +5,12 @@
         --threads 2 --json bench.json
 
 For every candidate and batch size: warm-up calls, then --runs timed calls of one batch, reported as the
-median, p90 and p99 latency per batch, ms per face and faces/s. The candidates are interleaved in blocks
-of 10 calls (round robin, the starting candidate rotating every round, a short pause between blocks so
-one library's spinning threads do not steal the cores from the next), so a machine that is busy with
-something else slows them all alike and the ratios stay fair. Every library runs with its defaults. Ratios are per-face speedups (reference ms/face divided by
-candidate ms/face; above 1 means faster) against the first --model, PyTorch eager and dlib.
+median, p90 and p99 latency per batch, ms per face and faces/s. Every library runs with its defaults.
+The candidates are interleaved in blocks of 10 calls (round robin, the starting candidate rotating every
+round, a short pause between blocks so one library's spinning threads do not steal the cores from the
+next), so a machine that is busy with something else slows them all alike and the ratios stay fair.
+Ratios are per-face speedups (reference ms/face divided by candidate ms/face; above 1 means faster)
+against the first --model, PyTorch eager and dlib.
 
 What is timed: a model's backend call on ready float32 (N, 3, 256, 256) crops (PyTorch eager: the same
 crops through the checkpoint's network); "preprocess" is crop + resample + normalise of a face, the
@@ -50,6 +51,8 @@ from .files import DEFAULT_DATA, atomic_write_bytes
 from .preprocess import crop_matrix, read_image, to_input, warp, whole_image_box
 
 DEFAULT_FACES = DEFAULT_DATA / "faces" / "cacd"
+BLOCK = 10  # timed calls per candidate before the next one takes its turn
+SETTLE_S = 0.25  # pause after each block: long enough for spinning thread pools to go to sleep
 
 
 @dataclass
@@ -149,8 +152,8 @@ def memory_probe(spec: Spec, batches: list[int]) -> dict[int, float]:
     return peaks
 
 
-def time_interleaved(cands: list[Candidate], n: int, warmup: int, runs: int, block: int = 10,
-                     settle_s: float = 0.25) -> dict[str, list[float]]:
+def time_interleaved(cands: list[Candidate], n: int, warmup: int, runs: int, block: int = BLOCK,
+                     settle_s: float = SETTLE_S) -> dict[str, list[float]]:
     """Seconds per call of each candidate at batch n, the candidates taking turns in blocks of calls.
 
     Each library runs with its own defaults, busy-waiting thread pools included (ONNX Runtime's and
@@ -295,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, ratios)
     doc = {"machine": machine_info(args.threads),
            "settings": {"batches": args.batch, "warmup": args.warmup, "runs": args.runs, "face": face,
-                        "interleaved": "round robin in blocks of 10 calls, 0.25 s settle between blocks, starting candidate rotated each round"},
+                        "interleaved": f"round robin in blocks of {BLOCK} calls, {SETTLE_S} s settle between blocks, "
+                                       "starting candidate rotated each round"},
            "results": rows, "ratios": ratios}
     atomic_write_bytes(args.json, json.dumps(doc, indent=1).encode())
     print(f"wrote {args.json}")

@@ -13,8 +13,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
     max_batch = None
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
-                 spinning: bool = True):
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -24,8 +23,6 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        if not spinning:  # idle worker threads sleep instead of busy-waiting (share the CPU with other work)
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as e:

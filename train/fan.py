@@ -21,7 +21,6 @@ Writes OUT/last.pt (resumable), OUT/best.pt (lowest validation NMSE) and OUT/his
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -34,16 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from runtime.files import atomic_write_bytes
 from runtime.preprocess import INPUT_SIZE
 
 from . import checkpoint
-from .annotate import annotate
-from .data import DEFAULT_FACES, labels_path, load_labels, read_split
-from .dataset import CropCache, TrainSet, validation_batches
+from .data import DEFAULT_FACES
 from .evaluate import Predictor, torch_predictor
 from .model import count_flops, count_parameters
-from .train import learning_rate, validate
+from .train import learning_rate, record_epoch, training_data, validate
 
 FORMAT = "fan-checkpoint-v1"
 
@@ -248,22 +244,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     log = lambda *a: print(*a, file=sys.stderr)
 
-    train_paths = read_split(args.faces, "train")[: args.limit]
-    val_paths = read_split(args.faces, "val")[: args.val_limit]
-    if not train_paths or not val_paths:
-        raise SystemExit(f"{args.faces}: needs splits.csv with train and val images")
-    if not labels_path(args.faces).exists():
-        annotate(args.faces, None)
-    train_labels = load_labels(args.faces, train_paths)
-    val_labels = load_labels(args.faces, val_paths)
-    log(f"train faces: {len(train_labels.paths)} of {len(train_paths)} labelled; "
-        f"val faces: {len(val_labels.paths)} of {len(val_paths)}")
-    # Same cache tags as train.train, so both models read the same decoded crops.
-    train_set = TrainSet(CropCache(args.faces, train_labels, f"train-n{len(train_labels.paths)}"), args.seed)
-    val_x, val_y, val_kinds = validation_batches(CropCache(args.faces, val_labels, f"val-n{len(val_labels.paths)}"))
+    train_set, (val_x, val_y, val_kinds) = training_data(args.faces, args.limit, args.val_limit, args.seed, log)
 
     start_epoch, history, best = 0, [], float("inf")
-    last_path, best_path = args.out / "last.pt", args.out / "best.pt"
+    last_path = args.out / "last.pt"
     state = None
     if args.resume:
         if not last_path.exists():
@@ -301,20 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.2e}", lr=f"{lr:.1e}")
         val = validate(FANLandmarks(model), val_x, val_y, val_kinds, batch=16)
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_nmse": val,
-                  "seconds": time.time() - t0}
-        history.append(record)
-        improved = val["all"] < best
-        best = min(best, val["all"])
-        meta = dict(epoch=epoch + 1, history=history, best_val_nmse=best, train_faces=len(train_set),
-                    args={k: str(v) for k, v in vars(args).items()})
-        if improved:
-            checkpoint.save(best_path, model, FORMAT, **meta)
-        checkpoint.save(last_path, model, FORMAT, optimizer=opt.state_dict(), **meta)
-        atomic_write_bytes(args.out / "history.json", json.dumps(history, indent=1).encode())
-        log(f"epoch {epoch + 1}: loss {record['train_loss']:.3e}, val NMSE {val['all']:.3f} "
-            f"(clean {val['clean']:.3f}, centre {val['center25']:.3f}, synthetic {val['synthetic']:.3f})"
-            f"{' *best*' if improved else ''}, {record['seconds']:.0f} s")
+        best = record_epoch(args.out, model, FORMAT, opt, history, best, epoch, losses, val, t0, log,
+                            train_faces=len(train_set), args={k: str(v) for k, v in vars(args).items()})
     return {"history": history, "best_val_nmse": best}
 
 

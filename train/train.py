@@ -18,6 +18,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -89,6 +90,53 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
+def training_data(faces: Path, limit: int | None, val_limit: int | None, seed: int, log: Callable,
+                  rank: int = 0, world: int = 1) -> tuple[TrainSet, tuple[np.ndarray, np.ndarray, list[str]]]:
+    """The augmented, occluded training set and the validation batches of a face folder's splits.
+
+    Labels and decoded-crop caches are made once (by rank 0 under torchrun); every model trained here
+    (MobileNet-L, its ablations, FAN*) reads the same caches.
+    """
+    train_paths = read_split(faces, "train")[:limit]
+    val_paths = read_split(faces, "val")[:val_limit]
+    if not train_paths or not val_paths:
+        raise SystemExit(f"{faces}: needs splits.csv with train and val images")
+    if rank == 0 and not labels_path(faces).exists():
+        annotate(faces, None)
+    if world > 1:
+        dist.barrier()
+    train_labels = load_labels(faces, train_paths)
+    val_labels = load_labels(faces, val_paths)
+    log(f"train faces: {len(train_labels.paths)} of {len(train_paths)} labelled; "
+        f"val faces: {len(val_labels.paths)} of {len(val_paths)}")
+    train_tag, val_tag = f"train-n{len(train_labels.paths)}", f"val-n{len(val_labels.paths)}"
+    if rank == 0:  # build the caches once
+        CropCache(faces, train_labels, train_tag)
+        CropCache(faces, val_labels, val_tag)
+    if world > 1:
+        dist.barrier()
+    train_set = TrainSet(CropCache(faces, train_labels, train_tag), seed)
+    return train_set, validation_batches(CropCache(faces, val_labels, val_tag))
+
+
+def record_epoch(out: Path, model: torch.nn.Module, format: str, opt: torch.optim.Optimizer, history: list[dict],
+                 best: float, epoch: int, losses: list[float], val: dict, t0: float, log: Callable, **meta) -> float:
+    """Append the epoch to ``history``; write best.pt (when it improved), last.pt and history.json; return the best."""
+    record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_nmse": val, "seconds": time.time() - t0}
+    history.append(record)
+    improved = val["all"] < best
+    best = min(best, val["all"])
+    meta = dict(epoch=epoch + 1, history=history, best_val_nmse=best, **meta)
+    if improved:
+        checkpoint.save(out / "best.pt", model, format, **meta)
+    checkpoint.save(out / "last.pt", model, format, optimizer=opt.state_dict(), **meta)
+    atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
+    log(f"epoch {epoch + 1}: loss {record['train_loss']:.4g}, val NMSE {val['all']:.3f} "
+        f"(clean {val['clean']:.3f}, centre {val['center25']:.3f}, synthetic {val['synthetic']:.3f})"
+        f"{' *best*' if improved else ''}, {record['seconds']:.0f} s")
+    return best
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="face folder with splits.csv (default: %(default)s)")
@@ -120,26 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     log = (lambda *a: print(*a, file=sys.stderr)) if rank == 0 else (lambda *a: None)
 
-    train_paths = read_split(args.faces, "train")[: args.limit]
-    val_paths = read_split(args.faces, "val")[: args.val_limit]
-    if not train_paths or not val_paths:
-        raise SystemExit(f"{args.faces}: needs splits.csv with train and val images")
-    if rank == 0 and not labels_path(args.faces).exists():
-        annotate(args.faces, None)
-    if world > 1:
-        dist.barrier()
-    train_labels = load_labels(args.faces, train_paths)
-    val_labels = load_labels(args.faces, val_paths)
-    log(f"train faces: {len(train_labels.paths)} of {len(train_paths)} labelled; "
-        f"val faces: {len(val_labels.paths)} of {len(val_paths)}")
-    tag = f"n{len(train_labels.paths)}"
-    if rank == 0:  # build the caches once
-        CropCache(args.faces, train_labels, f"train-{tag}")
-        CropCache(args.faces, val_labels, f"val-n{len(val_labels.paths)}")
-    if world > 1:
-        dist.barrier()
-    train_set = TrainSet(CropCache(args.faces, train_labels, f"train-{tag}"), args.seed)
-    val_x, val_y, val_kinds = validation_batches(CropCache(args.faces, val_labels, f"val-n{len(val_labels.paths)}"))
+    train_set, (val_x, val_y, val_kinds) = training_data(args.faces, args.limit, args.val_limit, args.seed, log,
+                                                         rank, world)
 
     model = MobileNetL(ABLATIONS[args.variant]).to(device)
     if cfg["optimizer"] == "adam":
@@ -147,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=cfg["betas"], weight_decay=cfg["weight_decay"])
     start_epoch, history, best = 0, [], float("inf")
-    last_path, best_path = args.out / "last.pt", args.out / "best.pt"
+    last_path = args.out / "last.pt"
     if args.resume:
         if not last_path.exists():
             raise SystemExit(f"{last_path}: nothing to resume")
@@ -192,20 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", lr=f"{lr:.1e}")
         if rank == 0:
             val = validate(model, val_x, val_y, val_kinds, device=device)
-            record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_nmse": val,
-                      "seconds": time.time() - t0}
-            history.append(record)
-            improved = val["all"] < best
-            best = min(best, val["all"])
-            meta = dict(epoch=epoch + 1, history=history, best_val_nmse=best, preset=args.preset, train_config=cfg,
-                        world_size=world, train_faces=len(train_set), args={k: str(v) for k, v in vars(args).items()})
-            if improved:
-                checkpoint.save(best_path, model, **meta)
-            checkpoint.save(last_path, model, optimizer=opt.state_dict(), **meta)
-            atomic_write_bytes(args.out / "history.json", json.dumps(history, indent=1).encode())
-            log(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}, val NMSE {val['all']:.3f} "
-                f"(clean {val['clean']:.3f}, centre {val['center25']:.3f}, synthetic {val['synthetic']:.3f})"
-                f"{' *best*' if improved else ''}, {record['seconds']:.0f} s")
+            best = record_epoch(args.out, model, checkpoint.FORMAT, opt, history, best, epoch, losses, val, t0, log,
+                                preset=args.preset, train_config=cfg, world_size=world, train_faces=len(train_set),
+                                args={k: str(v) for k, v in vars(args).items()})
         if world > 1:
             dist.barrier()
     if world > 1:
