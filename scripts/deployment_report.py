@@ -125,6 +125,16 @@ ops, so INT8 is *slower* than FP32 here; the INT8 file exists for TensorRT, whic
 into INT8 kernels. Likewise FP16 brings nothing on this CPU. Those two files' speed must be measured
 on the GPU (method below).
 
+**Why we do not beat dlib's shape predictor on this CPU** (one-off measurements, 2026-11-25, the 2-core
+Xeon with AVX-512 VNNI these figures come from, batch 1, medians of 300 interleaved calls):
+- The network itself is the cost: an ONNX Runtime profile spreads it over the ~55 convolutions, none
+  above 10 % (the stride-2 stem conv is the largest). There is no single layer to fix.
+- ONNX Runtime-native INT8 does not help. `onnxruntime.quantization.quantize_static` in QOperator
+  format (QLinearConv; per-channel s8 weights, u8 activations, MinMax on 128 calibration images) ran
+  at 2.38 ms against FP32's 1.64 ms; our TensorRT Q/DQ file ran at 5.44 ms.
+- So on this CPU MobileNet-L has 1.8-2.6x lower NMSE than dlib under occlusion at ~0.45x its speed. The speed
+  case for MobileNet-L rests on the GPU (TensorRT FP16/INT8), where dlib has no path.
+
 ## Measuring a Jetson
 
 1. Build the engines on the Jetson itself (`python export/build_engine.py --onnx out/mobilenet_l.int8.onnx

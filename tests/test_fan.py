@@ -2,7 +2,9 @@ import numpy as np
 import torch
 
 from tests.conftest import needs_dlib
-from train.fan import FAN, FANConfig, decode_heatmaps, encode_heatmaps
+import torch.nn.functional as F
+
+from train.fan import FAN, FANConfig, decode_heatmaps, encode_heatmaps, heatmap_loss
 
 TINY = FANConfig(stacks=2, width=16, depth=2)  # same structure, seconds on a CPU
 
@@ -32,6 +34,18 @@ def test_decoding_keeps_the_peak_of_a_shifted_blob():
 
 
 @needs_dlib
+def test_heatmap_loss_weights_the_gaussians_not_the_background():
+    target = encode_heatmaps(torch.rand(2, 68, 2) * 0.8 + 0.1)
+    zeros = torch.zeros_like(target)
+    # Weight 1 is FAN's plain MSE, summed over stacks.
+    assert torch.isclose(heatmap_loss([zeros, zeros], target, 1.0), 2 * F.mse_loss(zeros, target))
+    # An error under the Gaussians costs 10x; the same error on the background costs 1x.
+    fg = (target > 0.01).float()
+    blob_error = heatmap_loss([target + 0.1 * fg], target) / heatmap_loss([target + 0.1 * fg], target, 1.0)
+    background_error = heatmap_loss([target + 0.1 * (1 - fg)], target) / heatmap_loss([target + 0.1 * (1 - fg)], target, 1.0)
+    assert torch.isclose(blob_error, torch.tensor(10.0)) and torch.isclose(background_error, torch.tensor(1.0))
+
+
 def test_short_training_run_then_predictor(small_faces, tmp_cache, tmp_path):
     from train.fan import fan_predictor, load_fan, main
 

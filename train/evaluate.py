@@ -121,15 +121,20 @@ def evaluate(predict: Predictor, faces_dir: Path, masks_dir: Path | None, split:
     return summarise(per_face, yaws, threshold), per_face
 
 
-def torch_predictor(model) -> Predictor:
-    """Predictor over a PyTorch MobileNet-L."""
+def torch_predictor(model, batch: int = 8) -> Predictor:
+    """Predictor over a PyTorch landmark network (MobileNet-L, FAN*), run `batch` crops at a time.
+
+    evaluate() hands over every condition of 64 faces at once (384 crops). FAN*'s 64x64 feature maps
+    make large batches memory-bound on this CPU: 71 ms per face at batch 64, 21 ms at batch 8.
+    """
     import torch
 
     from runtime.preprocess import to_input
 
     @torch.no_grad()
     def predict(crops: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(to_input(crops))).numpy()
+        return np.concatenate([model(torch.from_numpy(to_input(crops[i:i + batch]))).numpy()
+                               for i in range(0, len(crops), batch)])
 
     return predict
 

@@ -15,7 +15,8 @@ from quantising the error.
 
 Training shares MobileNet-L's data path (train.dataset.TrainSet: the same cache, jitter and
 on-the-fly occlusion) and validation (train.train.validate); the normalised targets become Gaussian
-heatmaps inside the training step, and the loss is the heatmap MSE summed over the stacks.
+heatmaps inside the training step, and the loss is the heatmap MSE, with the cells under each
+Gaussian weighted 10x (see heatmap_loss), summed over the stacks.
 Writes OUT/last.pt (resumable), OUT/best.pt (lowest validation NMSE) and OUT/history.json.
 """
 from __future__ import annotations
@@ -196,9 +197,16 @@ class FANLandmarks(nn.Module):
         return decode_heatmaps(self.fan(x)[-1])
 
 
-def heatmap_loss(heatmaps: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-    """MSE against the target heatmaps, summed over stacks (intermediate supervision)."""
-    return sum(F.mse_loss(h, target) for h in heatmaps)
+def heatmap_loss(heatmaps: list[torch.Tensor], target: torch.Tensor, foreground_weight: float = 10.0) -> torch.Tensor:
+    """Weighted MSE against the target heatmaps, summed over stacks (intermediate supervision).
+
+    With plain MSE the ~60 cells of each Gaussian are lost among 4096 background cells: FAN* sat at
+    all-zero heatmaps (validation NMSE 177) after 2 epochs. Weighting the cells under the Gaussian
+    (target > 0.01) by `foreground_weight`, as the weighted loss map of AWing (Wang et al., ICCV 2019)
+    does, lets it escape that plateau within the budget this CPU affords.
+    """
+    weight = 1 + (foreground_weight - 1) * (target > 0.01).to(target.dtype)
+    return sum((weight * (h - target) ** 2).mean() for h in heatmaps)
 
 
 def load_fan(path: Path) -> FANLandmarks:
@@ -284,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
             opt.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.2e}", lr=f"{lr:.1e}")
-        val = validate(FANLandmarks(model), val_x, val_y, val_kinds, batch=16)
+        val = validate(FANLandmarks(model), val_x, val_y, val_kinds, batch=8)
         best = record_epoch(args.out, model, FORMAT, opt, history, best, epoch, losses, val, t0, log,
                             train_faces=len(train_set), args={k: str(v) for k, v in vars(args).items()})
     return {"history": history, "best_val_nmse": best}
