@@ -105,6 +105,11 @@ def measure_speed(timed: dict[tuple[str, str], Predictor], crops: np.ndarray) ->
             "machine": machine_info(None), "methods": methods}
 
 
+# The control trained a second time with another seed: how far two identical runs land apart, the
+# yardstick for the ablation's gains.
+CONTROL_REPEAT = "full-seed1"
+
+
 def run_evaluations(args: argparse.Namespace, workdir: Path) -> dict:
     """Evaluate and time every method and ablation run whose file exists; returns the results.json document."""
     faces, masks, limit = args.faces, args.masks, args.limit
@@ -143,11 +148,12 @@ def run_evaluations(args: argparse.Namespace, workdir: Path) -> dict:
         print(format_tables(methods[name], name))
 
     ablation = {}
-    for name in ABLATIONS:
+    for name in (*ABLATIONS, CONTROL_REPEAT):
         path = args.ablation_dir / name / "best.pt"
         if not path.is_file():
-            print(f"ablation {name}: {path} not found, skipped; train it with "
-                  f"`python -m train.train --variant {name} --faces {faces} --out {path.parent} [--epochs E --limit N]`")
+            variant = "full --seed 1" if name == CONTROL_REPEAT else name
+            print(f"ablation {name}: {path} not found, skipped; train it with `python -m train.train "
+                  f"--variant {variant} --faces {faces} --out {path.parent}` with the other runs' --epochs and --limit")
             continue
         print(f"\n== ablation {name}", flush=True)
         model = checkpoint.load_model(path)
@@ -298,6 +304,17 @@ def cells_line(methods: dict[str, dict]) -> str:
     return text + f" Ours wins {cells - len(lost)} of {cells} against {rivals} and loses {', '.join(lost)}."
 
 
+def equal_budget_line(methods: dict[str, dict], ablation: dict[str, dict]) -> str:
+    """The same count for FAN* against MobileNet-L trained on a budget like FAN*'s: the ablation's `full` control."""
+    if "FAN*" not in methods or "full" not in ablation:
+        return ""
+    cells, lost = lost_cells({"MobileNet-L": ablation["full"]["nmse"], "FAN*": methods["FAN*"]["nmse"]})
+    b, f = ablation["full"]["budget"], methods["FAN*"]["budget"]
+    verdict = f"wins all {cells} cells" if not lost else f"wins {cells - len(lost)} of {cells} and loses {', '.join(lost)}"
+    return (f"At a like budget (MobileNet-L: the ablation's `full` control, {b['epochs']} epochs on {b['train_faces']} "
+            f"faces; FAN\\*: {f['epochs']} epochs on {f['train_faces']} faces), MobileNet-L {verdict} against FAN\\*.\n")
+
+
 def speed_table(speed: dict) -> str:
     ref = speed["methods"].get("MobileNet-L", {})
     lines = ["| method | backend | ms per face (median) | total s | ÷ MobileNet-L | paper total s "
@@ -319,7 +336,7 @@ def ablation_table(ablation: dict[str, dict]) -> str:
              + " | gain of the component at centre25 (ours) | paper, Fig. 9 |", "|---" * (len(COLS) + 5) + "|"]
     for name, res in ablation.items():
         row, b = res["nmse"]["all"], res["budget"]
-        component, paper_gain = PAPER_FIG9.get(name, ("", None))
+        component, paper_gain = PAPER_FIG9.get(name, ("seed noise" if name == CONTROL_REPEAT else "", None))
         gain = "–"
         if full and name != "full":  # as Fig. 9: how much lower NMSE gets when the component is added
             gain = f"{component}: {100 * (row['center25'] - full['nmse']['all']['center25']) / row['center25']:+.1f} %"
@@ -396,6 +413,19 @@ One seed each and a short budget: a small-budget A/B, not a full-length one.
 """
 
 
+def seed_noise_line(ablation: dict[str, dict]) -> str:
+    """How far the control and its repeat land apart: differences of that size are noise."""
+    if "full" not in ablation or CONTROL_REPEAT not in ablation:
+        return ("One seed per variant and no repeat of the control were evaluated, so nothing here says how "
+                "large a difference must be to be more than seed noise.\n")
+    a, b = ablation["full"]["nmse"]["all"], ablation[CONTROL_REPEAT]["nmse"]["all"]
+    spread = {c: abs(a[c] - b[c]) for c in COLS}
+    relative = 100 * spread["center25"] / max(a["center25"], b["center25"])
+    return (f"The control trained twice (`full`: seed 0, `{CONTROL_REPEAT}`: seed 1) lands "
+            + ", ".join(f"{spread[c]:.2f}" for c in COLS) + f" NMSE points apart ({', '.join(COLS)}); at centre25 "
+            f"that is {relative:.1f} % of its NMSE. A component gain smaller than that cannot be told from seed noise.\n")
+
+
 def undertrained_note(ablation: dict[str, dict], state: dict | None) -> str:
     """Say so when the control run is far from the committed model: then no variant has learned enough to rank."""
     full = ablation.get("full", {}).get("budget")
@@ -408,9 +438,12 @@ def undertrained_note(ablation: dict[str, dict], state: dict | None) -> str:
             "Train every variant for the same longer budget before reading Figure 9 off this table.\n")
 
 
-def fan_note(budget: dict, mobilenet_val: float) -> str:
+def fan_note(budget: dict, mobilenet_val: float, control: dict | None) -> str:
     text = (f"**Read FAN\\* with its budget:** {budget['epochs']} epochs on {budget['train_faces']} training faces, "
-            f"best validation NMSE {budget['best_val_nmse']:.1f} (MobileNet-L's: {mobilenet_val:.2f}).")
+            f"best validation NMSE {budget['best_val_nmse']:.1f} (the committed MobileNet-L's: {mobilenet_val:.2f}).")
+    if control:  # the ablation's control is MobileNet-L at a budget like FAN*'s: the like-for-like comparison
+        text += (f" MobileNet-L at a similar budget is the ablation's `full` control below ({control['epochs']} epochs "
+                 f"on {control['train_faces']} faces, best validation NMSE {control['best_val_nmse']:.1f}).")
     if budget["best_val_nmse"] > 3 * mobilenet_val:
         text += (" A heatmap network this short of training has not learned to localise yet: its rows say nothing "
                  "about the architecture, only that it needs a far longer run.")
@@ -457,7 +490,7 @@ test set on its own hardware, so compare the ratios, not the seconds.
 """ + (f"\nFAN* here is the checkpoint of epoch {fan_budget['best_epoch']} of {fan_budget['epochs']} on "
        f"{fan_budget['train_faces']} training faces.\n" if fan_budget else ""))
     if methods.get("FAN*", {}).get("budget") and state is not None:
-        out.append(fan_note(methods["FAN*"]["budget"], state["best_val_nmse"]))
+        out.append(fan_note(methods["FAN*"]["budget"], state["best_val_nmse"], ablation.get("full", {}).get("budget")))
     out.append(f"""## Frontal faces (cf. paper Table 3)
 
 {nmse_table(methods, "frontal")}
@@ -475,7 +508,8 @@ test set on its own hardware, so compare the ratios, not the seconds.
 ## Where we stand
 
 {cells_line(methods)}
-""")
+
+{equal_budget_line(methods, ablation)}""")
     if "MobileNet-L" in methods and "dlib-pretrained" in methods:
         out.append(dlib_line(methods["MobileNet-L"], methods["dlib-pretrained"]) + "\n")
     if "MobileNet-L" in methods:
@@ -494,9 +528,9 @@ NMSE on all {next(iter(ablation.values()))['n_faces']['all']} test faces. The ga
 {ablation_table(ablation)}
 
 These are **reduced-budget runs** (epochs and training faces above, against the committed model's
-{len(state['history']) if state else '?'} epochs on {state['train_faces'] if state else '?'} faces), one seed each and
-no repeats: small differences may be noise, and gains may change with the full budget.
-{undertrained_note(ablation, state)}""")
+{len(state['history']) if state else '?'} epochs on {state['train_faces'] if state else '?'} faces), one seed per
+variant; gains may change with the full budget.
+{seed_noise_line(ablation)}{undertrained_note(ablation, state)}""")
     if doc.get("presets"):
         out.append(preset_section(doc["presets"]))
     if state is not None:
