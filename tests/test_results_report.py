@@ -94,7 +94,7 @@ def test_writes_every_method_ablation_and_speed(full_run):
     assert r"| *FAN\* (paper)* | – | *3.56* |" in md and "| ESR* | dlib |" in md and "| no-SE | 1 (1) | 16 |" in md
     full, repeat = (doc["ablation"][k]["nmse"]["all"]["center25"] for k in ("full", "full-seed1"))
     assert f"seed noise: {100 * (repeat - full) / repeat:+.1f} %" in md
-    assert "At a like budget (MobileNet-L: the ablation's `full` control, 1 epochs on 16 faces" in md
+    assert "At a like budget (MobileNet-L: the ablation's `full` control, 2 epochs on 16 faces" in md  # last.pt: epoch 2
     assert f"{abs(full - repeat):.2f} NMSE points apart" in md  # the clean..center25 list ends with centre25
     for image in ("nmse_vs_occlusion.png", "training_curve.png", "examples.png"):
         assert (docs / "img" / image).stat().st_size > 0
