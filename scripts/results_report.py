@@ -299,9 +299,11 @@ def cells_line(methods: dict[str, dict]) -> str:
         return text + " Ours: not compared (MobileNet-L, FAN* or ESR* was not evaluated)."
     cells, lost = lost_cells({m: r["nmse"] for m, r in methods.items()})
     rivals = " and ".join(m for m in ("FAN*", "ESR*") if m in methods)
-    if not lost:
-        return text + f" Ours wins all {cells} cells against {rivals}."
-    return text + f" Ours wins {cells - len(lost)} of {cells} against {rivals} and loses {', '.join(lost)}."
+    return text + f" Ours {verdict(cells, lost)} against {rivals}."
+
+
+def verdict(cells: int, lost: list[str]) -> str:
+    return f"wins all {cells} cells" if not lost else f"wins {cells - len(lost)} of {cells} and loses {', '.join(lost)}"
 
 
 def equal_budget_line(methods: dict[str, dict], ablation: dict[str, dict]) -> str:
@@ -310,9 +312,8 @@ def equal_budget_line(methods: dict[str, dict], ablation: dict[str, dict]) -> st
         return ""
     cells, lost = lost_cells({"MobileNet-L": ablation["full"]["nmse"], "FAN*": methods["FAN*"]["nmse"]})
     b, f = ablation["full"]["budget"], methods["FAN*"]["budget"]
-    verdict = f"wins all {cells} cells" if not lost else f"wins {cells - len(lost)} of {cells} and loses {', '.join(lost)}"
     return (f"At a like budget (MobileNet-L: the ablation's `full` control, {b['epochs']} epochs on {b['train_faces']} "
-            f"faces; FAN\\*: {f['epochs']} epochs on {f['train_faces']} faces), MobileNet-L {verdict} against FAN\\*.\n")
+            f"faces; FAN\\*: {f['epochs']} epochs on {f['train_faces']} faces), MobileNet-L {verdict(cells, lost)} against FAN\\*.\n")
 
 
 def speed_table(speed: dict) -> str:

@@ -1,9 +1,8 @@
 import numpy as np
 import torch
-
-from tests.conftest import needs_dlib
 import torch.nn.functional as F
 
+from tests.conftest import needs_dlib
 from train.fan import FAN, FANConfig, decode_heatmaps, encode_heatmaps, heatmap_loss
 
 TINY = FANConfig(stacks=2, width=16, depth=2)  # same structure, seconds on a CPU
@@ -33,7 +32,6 @@ def test_decoding_keeps_the_peak_of_a_shifted_blob():
     assert 20 * 4 + 1.5 < x < 20.5 * 4 + 1.5 and y == 10 * 4 + 1.5
 
 
-@needs_dlib
 def test_heatmap_loss_weights_the_gaussians_not_the_background():
     target = encode_heatmaps(torch.rand(2, 68, 2) * 0.8 + 0.1)
     zeros = torch.zeros_like(target)
@@ -46,6 +44,7 @@ def test_heatmap_loss_weights_the_gaussians_not_the_background():
     assert torch.isclose(blob_error, torch.tensor(10.0)) and torch.isclose(background_error, torch.tensor(1.0))
 
 
+@needs_dlib
 def test_short_training_run_then_predictor(small_faces, tmp_cache, tmp_path):
     from train.fan import fan_predictor, load_fan, main
 
