@@ -3,10 +3,12 @@ and write docs/results.json and docs/results.md (the paper's Tables 2, 3, 4 and 
 
     python scripts/results_report.py [--checkpoint weights/mobilenet_l.pt] [--esr runs/esr/esr.dat] [--fan runs/fan/best.pt]
         [--ablation-dir runs/ablation] [--faces ../shared/data/faces] [--masks ../shared/data/masks/nvidia_irregular_test]
-        [--docs docs] [--limit N] [--reuse]
+        [--docs docs] [--limit N] [--reuse | --ablation-only]
 
 A method or ablation run whose model file is missing is skipped with a line saying how to make it.
 --reuse re-renders results.md and the plots from DOCS/results.json without evaluating anything.
+--ablation-only evaluates the ablation runs alone and keeps the methods, speed and preset A/B of
+DOCS/results.json: for new ablation runs (more seeds, another budget) without retraining FAN* and ESR*.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import argparse
 import importlib.util
 import itertools
 import json
+import math
 import tempfile
 
 import cv2
@@ -62,10 +65,11 @@ def ort_predictor(model: torch.nn.Module, path: Path) -> Predictor:
 
 
 def budget(run_dir: Path, state: dict) -> dict:
-    """Training budget of a run: epochs done (last.pt when present), the best epoch and the training faces."""
+    """Training budget of a run: epochs done (last.pt when present), the epoch of the evaluated checkpoint
+    ``state`` and the training faces."""
     last = run_dir / "last.pt"
     done = checkpoint.load(last, state["format"])["epoch"] if last.is_file() else state["epoch"]
-    return {"epochs": done, "best_epoch": state["epoch"], "train_faces": state["train_faces"],
+    return {"epochs": done, "evaluated_epoch": state["epoch"], "train_faces": state["train_faces"],
             "best_val_nmse": state["best_val_nmse"]}
 
 
@@ -105,9 +109,30 @@ def measure_speed(timed: dict[tuple[str, str], Predictor], crops: np.ndarray) ->
             "machine": machine_info(None), "methods": methods}
 
 
-# The control trained a second time with another seed: how far two identical runs land apart, the
-# yardstick for the ablation's gains.
-CONTROL_REPEAT = "full-seed1"
+SEED_SUFFIX = "-seed"  # runs/ablation/no-SE is seed 0; runs/ablation/no-SE-seed1 the same variant with --seed 1
+
+
+def variant_of(run: str) -> str:
+    return run.split(SEED_SUFFIX)[0]
+
+
+def ablation_runs(root: Path, faces: Path) -> dict[str, Path]:
+    """Every ablation run's last.pt, by run name: each variant's seed-0 folder, then its -seedN repeats.
+
+    The ablation evaluates last.pt, the weights at the end of the shared budget: best.pt would let a run that
+    never beat its first epoch (a mean face) stand for its variant.
+    """
+    runs = {}
+    for variant in ABLATIONS:
+        if not (root / variant / "last.pt").is_file():
+            print(f"ablation {variant}: {root / variant / 'last.pt'} not found, skipped; train it with `python -m "
+                  f"train.train --variant {variant} --faces {faces} --out {root / variant}` with the other runs' "
+                  f"--epochs and --limit (and repeats with --seed N --out {root / variant}{SEED_SUFFIX}N)")
+            continue
+        repeats = sorted((p for p in root.glob(f"{variant}{SEED_SUFFIX}*") if (p / "last.pt").is_file()),
+                         key=lambda p: int(p.name.rsplit(SEED_SUFFIX, 1)[1]))
+        runs |= {p.name: p / "last.pt" for p in (root / variant, *repeats)}
+    return runs
 
 
 def run_evaluations(args: argparse.Namespace, workdir: Path) -> dict:
@@ -147,21 +172,7 @@ def run_evaluations(args: argparse.Namespace, workdir: Path) -> dict:
         methods[name], _ = evaluate(predict, faces, masks, "test", limit)
         print(format_tables(methods[name], name))
 
-    ablation = {}
-    for name in (*ABLATIONS, CONTROL_REPEAT):
-        path = args.ablation_dir / name / "best.pt"
-        if not path.is_file():
-            variant = "full --seed 1" if name == CONTROL_REPEAT else name
-            print(f"ablation {name}: {path} not found, skipped; train it with `python -m train.train "
-                  f"--variant {variant} --faces {faces} --out {path.parent}` with the other runs' --epochs and --limit")
-            continue
-        print(f"\n== ablation {name}", flush=True)
-        model = checkpoint.load_model(path)
-        ablation[name], _ = evaluate(torch_predictor(model), faces, masks, "test", limit)
-        ablation[name]["ms_per_face"] = torch_ms_per_face(model)
-        ablation[name]["budget"] = budget(path.parent, checkpoint.load(path))
-        print(format_tables(ablation[name], f"ablation {name}"))
-
+    ablation = evaluate_ablation(args)
     timed = {(m, b): p for m, (_, by_backend) in found.items() for b, p in by_backend.items()}
     speed = measure_speed(timed, clean_crops(faces, limit)) if timed else {}
     for name, res in methods.items():  # the method's own library: PyTorch eager for the networks, dlib otherwise
@@ -170,6 +181,19 @@ def run_evaluations(args: argparse.Namespace, workdir: Path) -> dict:
         methods["FAN*"]["budget"] = budget(args.fan.parent, checkpoint.load(args.fan, FAN_FORMAT))
     return {"methods": methods, "ablation": ablation, "speed": speed,
             "presets": preset_ab(args.ablation_dir / "full", args.paper_preset_run)}
+
+
+def evaluate_ablation(args: argparse.Namespace) -> dict:
+    """Every ablation run of --ablation-dir evaluated under the test protocol, with its budget."""
+    ablation = {}
+    for name, path in ablation_runs(args.ablation_dir, args.faces).items():
+        print(f"\n== ablation {name}", flush=True)
+        model = checkpoint.load_model(path)
+        ablation[name], _ = evaluate(torch_predictor(model), args.faces, args.masks, "test", args.limit)
+        ablation[name]["ms_per_face"] = torch_ms_per_face(model)
+        ablation[name]["budget"] = budget(path.parent, checkpoint.load(path))
+        print(format_tables(ablation[name], f"ablation {name}"))
+    return ablation
 
 
 def preset_ab(default_run: Path, paper_run: Path) -> dict:
@@ -308,11 +332,13 @@ def verdict(cells: int, lost: list[str]) -> str:
 
 def equal_budget_line(methods: dict[str, dict], ablation: dict[str, dict]) -> str:
     """The same count for FAN* against MobileNet-L trained on a budget like FAN*'s: the ablation's `full` control."""
-    if "FAN*" not in methods or "full" not in ablation:
+    control = by_variant(ablation).get("full")
+    if "FAN*" not in methods or not control:
         return ""
-    cells, lost = lost_cells({"MobileNet-L": ablation["full"]["nmse"], "FAN*": methods["FAN*"]["nmse"]})
-    b, f = ablation["full"]["budget"], methods["FAN*"]["budget"]
-    return (f"At a like budget (MobileNet-L: the ablation's `full` control, {b['epochs']} epochs on {b['train_faces']} "
+    cells, lost = lost_cells({"MobileNet-L": mean_nmse(control), "FAN*": methods["FAN*"]["nmse"]})
+    b, f = control[0]["budget"], methods["FAN*"]["budget"]
+    return (f"At a like budget (MobileNet-L: the ablation's `full` control, mean of {len(control)} seeds, "
+            f"{b['epochs']} epochs on {b['train_faces']} "
             f"faces; FAN\\*: {f['epochs']} epochs on {f['train_faces']} faces), MobileNet-L {verdict(cells, lost)} against FAN\\*.\n")
 
 
@@ -331,19 +357,56 @@ def speed_table(speed: dict) -> str:
     return "\n".join(lines)
 
 
-def ablation_table(ablation: dict[str, dict]) -> str:
-    full = ablation.get("full")
-    lines = ["| variant | epochs (best) | train faces | " + " | ".join(COLS)
-             + " | gain of the component at centre25 (ours) | paper, Fig. 9 |", "|---" * (len(COLS) + 5) + "|"]
+def by_variant(ablation: dict[str, dict]) -> dict[str, list[dict]]:
+    """Ablation runs grouped by variant, seeds in run order."""
+    groups: dict[str, list[dict]] = {}
     for name, res in ablation.items():
-        row, b = res["nmse"]["all"], res["budget"]
-        component, paper_gain = PAPER_FIG9.get(name, ("seed noise" if name == CONTROL_REPEAT else "", None))
-        gain = "–"
-        if full and name != "full":  # as Fig. 9: how much lower NMSE gets when the component is added
-            gain = f"{component}: {100 * (row['center25'] - full['nmse']['all']['center25']) / row['center25']:+.1f} %"
-        lines.append(f"| {name} | {b['epochs']} ({b['best_epoch']}) | {b['train_faces']} | "
-                     + " | ".join(fmt(row[c]) for c in COLS)
-                     + f" | {gain} | {'–' if paper_gain is None else f'{component}: +{paper_gain} %'} |")
+        groups.setdefault(variant_of(name), []).append(res)
+    return groups
+
+
+def mean_nmse(runs: list[dict]) -> dict[str, dict[str, float | None]]:
+    """NMSE per face group and condition averaged over runs (None where no run has faces of that group)."""
+    out = {}
+    for group, row in runs[0]["nmse"].items():
+        out[group] = {}
+        for c in row:
+            values = [r["nmse"][group][c] for r in runs if r["nmse"][group][c] is not None]
+            out[group][c] = float(np.mean(values)) if values else None
+    return out
+
+
+def seeds_apart(variant: list[float], control: list[float]) -> str:
+    """Whether a component's effect stands clear of seed noise: every seed of the variant on one side of every
+    seed of the control. Were the two alike, that would happen by chance once in C(n+m, n) orderings."""
+    if len(variant) < 2 or len(control) < 2:
+        return "one seed: noise unknown"
+    chance = f"chance 1 in {math.comb(len(variant) + len(control), len(variant))}"
+    if min(variant) > max(control):
+        return f"**helps** (every seed apart; {chance})"
+    if max(variant) < min(control):
+        return f"**hurts** (every seed apart; {chance})"
+    return "not told from seed noise (seeds overlap)"
+
+
+def ablation_table(ablation: dict[str, dict]) -> str:
+    groups = by_variant(ablation)
+    control = groups.get("full")
+    lines = ["| variant | seeds | epochs | train faces | " + " | ".join(COLS) + " | centre25 per seed "
+             "| gain of the component at centre25 (ours) | beyond seed noise? | paper, Fig. 9 |",
+             "|---" * (len(COLS) + 8) + "|"]
+    for variant, runs in groups.items():
+        row, b = mean_nmse(runs)["all"], runs[0]["budget"]
+        per_seed = [r["nmse"]["all"]["center25"] for r in runs]
+        component, paper_gain = PAPER_FIG9.get(variant, ("", None))
+        gain = verdict_cell = "–"
+        if control and variant != "full":  # as Fig. 9: how much lower NMSE gets when the component is added
+            full_c25 = mean_nmse(control)["all"]["center25"]
+            gain = f"{component}: {100 * (row['center25'] - full_c25) / row['center25']:+.1f} %"
+            verdict_cell = seeds_apart(per_seed, [r["nmse"]["all"]["center25"] for r in control])
+        lines.append(f"| {variant} | {len(runs)} | {b['epochs']} | {b['train_faces']} | "
+                     + " | ".join(fmt(row[c]) for c in COLS) + f" | {' / '.join(fmt(v) for v in per_seed)} "
+                     + f"| {gain} | {verdict_cell} | {'–' if paper_gain is None else f'{component}: +{paper_gain} %'} |")
     return "\n".join(lines)
 
 
@@ -414,22 +477,9 @@ One seed each and a short budget: a small-budget A/B, not a full-length one.
 """
 
 
-def seed_noise_line(ablation: dict[str, dict]) -> str:
-    """How far the control and its repeat land apart: differences of that size are noise."""
-    if "full" not in ablation or CONTROL_REPEAT not in ablation:
-        return ("One seed per variant and no repeat of the control were evaluated, so nothing here says how "
-                "large a difference must be to be more than seed noise.\n")
-    a, b = ablation["full"]["nmse"]["all"], ablation[CONTROL_REPEAT]["nmse"]["all"]
-    spread = {c: abs(a[c] - b[c]) for c in COLS}
-    relative = 100 * spread["center25"] / max(a["center25"], b["center25"])
-    return (f"The control trained twice (`full`: seed 0, `{CONTROL_REPEAT}`: seed 1) lands "
-            + ", ".join(f"{spread[c]:.2f}" for c in COLS) + f" NMSE points apart ({', '.join(COLS)}); at centre25 "
-            f"that is {relative:.1f} % of its NMSE. A component gain smaller than that cannot be told from seed noise.\n")
-
-
 def undertrained_note(ablation: dict[str, dict], state: dict | None) -> str:
     """Say so when the control run is far from the committed model: then no variant has learned enough to rank."""
-    full = ablation.get("full", {}).get("budget")
+    full = ablation.get("full", {}).get("budget")  # seed 0's; every seed of a variant has the same budget
     if state is None or not full or full["best_val_nmse"] <= 2 * state["best_val_nmse"]:
         return ""
     return (f"\n**At this budget the ablation measures nothing yet.** The `full` control reached validation NMSE "
@@ -488,7 +538,7 @@ exported at opset 17 with default session options. "total s" is the whole split;
 test set on its own hardware, so compare the ratios, not the seconds.
 
 {speed_table(speed)}
-""" + (f"\nFAN* here is the checkpoint of epoch {fan_budget['best_epoch']} of {fan_budget['epochs']} on "
+""" + (f"\nFAN* here is the checkpoint of epoch {fan_budget['evaluated_epoch']} of {fan_budget['epochs']} on "
        f"{fan_budget['train_faces']} training faces.\n" if fan_budget else ""))
     if methods.get("FAN*", {}).get("budget") and state is not None:
         out.append(fan_note(methods["FAN*"]["budget"], state["best_val_nmse"], ablation.get("full", {}).get("budget")))
@@ -523,15 +573,18 @@ test set on its own hardware, so compare the ratios, not the seconds.
 
 Each variant drops one component of MobileNet-L (`train.model.ABLATIONS`); `full` is the control
 trained with the same reduced budget, so compare each variant with `full`, not with the committed model.
-NMSE on all {next(iter(ablation.values()))['n_faces']['all']} test faces. The gain of a component is
-(variant − full) / variant at centre25, as Figure 9 reports it (positive: the component helps).
+NMSE on all {next(iter(ablation.values()))['n_faces']['all']} test faces, each run evaluated at the end of its
+budget (`last.pt`), each row the mean over the variant's seeds (`--seed 0, 1, ...`: the same data, another
+initialisation and batch order). The gain of a component is (variant − full) / variant at centre25, as
+Figure 9 reports it (positive: the component helps); it counts as beyond seed noise only when every seed of
+the variant lands on the same side of every seed of the control.
 
 {ablation_table(ablation)}
 
 These are **reduced-budget runs** (epochs and training faces above, against the committed model's
-{len(state['history']) if state else '?'} epochs on {state['train_faces'] if state else '?'} faces), one seed per
-variant; gains may change with the full budget.
-{seed_noise_line(ablation)}{undertrained_note(ablation, state)}""")
+{len(state['history']) if state else '?'} epochs on {state['train_faces'] if state else '?'} faces); gains may change
+with the full budget.
+{undertrained_note(ablation, state)}""")
     if doc.get("presets"):
         out.append(preset_section(doc["presets"]))
     if state is not None:
@@ -551,25 +604,35 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--esr", type=Path, default=Path("runs/esr/esr.dat"), help="ESR* model (default: %(default)s)")
     ap.add_argument("--fan", type=Path, default=Path("runs/fan/best.pt"), help="FAN* checkpoint (default: %(default)s)")
     ap.add_argument("--ablation-dir", type=Path, default=Path("runs/ablation"),
-                    help="one run folder per train.model.ABLATIONS name, each with best.pt (default: %(default)s)")
+                    help="one run folder per train.model.ABLATIONS name (NAME-seedN for repeats), each with last.pt "
+                         "(default: %(default)s)")
     ap.add_argument("--paper-preset-run", type=Path, default=Path("runs/preset_paper"),
                     help="a `--preset paper` run with the ablation's budget, for the preset A/B (default: %(default)s)")
     ap.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="(default: %(default)s)")
     ap.add_argument("--masks", type=Path, default=DEFAULT_MASKS, help="Liu et al. test masks (default: %(default)s)")
     ap.add_argument("--docs", type=Path, default=Path("docs"), help="where results.md/.json go (default: %(default)s)")
     ap.add_argument("--limit", type=int, help="evaluate only the first N test faces")
-    ap.add_argument("--reuse", action="store_true", help="re-render from DOCS/results.json, no evaluation")
+    keep = ap.add_mutually_exclusive_group()
+    keep.add_argument("--reuse", action="store_true", help="re-render from DOCS/results.json, no evaluation")
+    keep.add_argument("--ablation-only", action="store_true",
+                      help="evaluate only the ablation runs; keep methods, speed and presets of DOCS/results.json")
     args = ap.parse_args(argv)
     img = args.docs / "img"
     img.mkdir(parents=True, exist_ok=True)
+    previous = args.docs / "results.json"
+    if (args.reuse or args.ablation_only) and not previous.is_file():
+        raise SystemExit(f"{previous}: not found; run without --reuse/--ablation-only first")
 
     if args.reuse:
-        doc = json.loads((args.docs / "results.json").read_text())
+        doc = json.loads(previous.read_text())
     else:
         if not args.masks.is_dir():
             raise SystemExit(f"{args.masks}: Liu et al. mask folder not found (--masks)")
-        with tempfile.TemporaryDirectory() as workdir:
-            doc = run_evaluations(args, Path(workdir))
+        if args.ablation_only:
+            doc = json.loads(previous.read_text()) | {"ablation": evaluate_ablation(args)}
+        else:
+            with tempfile.TemporaryDirectory() as workdir:
+                doc = run_evaluations(args, Path(workdir))
         atomic_write_bytes(args.docs / "results.json", json.dumps(doc, indent=1).encode())
         print(f"wrote {args.docs / 'results.json'}")
 

@@ -12,7 +12,7 @@ pytestmark = [needs_data, needs_masks, needs_dlib,
 
 KEYS = {"clean", "10-20", "30-40", "40-50", "50-60", "center25"}
 METHODS = {"MobileNet-L", "FAN*", "ESR*", "dlib-pretrained"}
-VARIANTS = ["full", "no-SE", "full-seed1"]  # two of train.model.ABLATIONS and the control's repeat
+RUNS = ["full", "no-SE", "full-seed1"]  # two of train.model.ABLATIONS and a second seed of the control
 
 
 def tiny_models(root):
@@ -22,17 +22,12 @@ def tiny_models(root):
     from runtime.preprocess import box_in_crop
     from train import checkpoint, esr
     from train.fan import FAN, FORMAT, FANConfig
-    from train.model import ABLATIONS, MobileNetL
 
     torch.manual_seed(0)
     meta = dict(epoch=1, history=[], best_val_nmse=1.0, train_faces=16)
     checkpoint.save(root / "fan" / "best.pt", FAN(FANConfig(width=16, depth=2)), FORMAT, **meta)
-    for name in VARIANTS:
-        checkpoint.save(root / "ablation" / name / "best.pt", MobileNetL(ABLATIONS[name.removesuffix("-seed1")]), **meta)
-    for preset, run, val in (("default", root / "ablation" / "full", 9.0), ("paper", root / "paper", 11.0)):
-        history = [{"epoch": e, "val_nmse": {"all": val - e, "clean": 5.0, "center25": 12.0}} for e in (1, 2)]
-        checkpoint.save(run / "last.pt", MobileNetL(), **meta | dict(epoch=2, history=history, preset=preset,
-                                                                     train_config={"preset": preset}))
+    save_runs(root / "ablation", RUNS)
+    save_runs(root / "paper", [""], preset="paper", val=11.0)
     rng = np.random.default_rng(0)
     x0, y0, x1, y1 = box_in_crop()
     points = rng.uniform([x0, y0], [x1, y1], (4, 68, 2))
@@ -41,6 +36,17 @@ def tiny_models(root):
     esr.train(crops, points, options).save(str(root / "esr.dat"))
     return ["--fan", str(root / "fan" / "best.pt"), "--esr", str(root / "esr.dat"),
             "--ablation-dir", str(root / "ablation"), "--paper-preset-run", str(root / "paper")]
+
+
+def save_runs(root, names, preset="default", val=9.0):
+    """Untrained 2-epoch runs (last.pt) of ablation variants, NAME or NAME-seedN; "" saves to root itself."""
+    from train import checkpoint
+    from train.model import ABLATIONS, MobileNetL
+
+    history = [{"epoch": e, "val_nmse": {"all": val - e, "clean": 5.0, "center25": 12.0}} for e in (1, 2)]
+    for name in names:
+        checkpoint.save(root / name / "last.pt", MobileNetL(ABLATIONS[name.split("-seed")[0] or "full"]), epoch=2,
+                        history=history, best_val_nmse=1.0, train_faces=16, preset=preset, train_config={"preset": preset})
 
 
 def report(*args: str) -> dict:
@@ -74,13 +80,14 @@ def test_writes_every_method_ablation_and_speed(full_run):
     assert doc == json.loads(json.dumps(returned))
     assert set(doc) == {"methods", "ablation", "speed", "presets"}
     assert set(doc["methods"]) == METHODS
-    assert list(doc["ablation"]) == VARIANTS
+    assert list(doc["ablation"]) == ["full", "full-seed1", "no-SE"]  # variants in ABLATIONS order, seeds after
     assert [r["preset"] for r in doc["presets"].values()] == ["default", "paper"]
     assert "the **default** preset is better" in (docs / "results.md").read_text()  # 7.0 against 9.0
     for res in [*doc["methods"].values(), *doc["ablation"].values()]:
         assert res["n_faces"]["all"] == 2 and res["ms_per_face"] > 0
         assert all(set(res["nmse"][g]) == KEYS for g in ("all", "frontal", "side"))
-    assert doc["ablation"]["no-SE"]["budget"] == {"epochs": 1, "best_epoch": 1, "train_faces": 16, "best_val_nmse": 1.0}
+    assert doc["ablation"]["no-SE"]["budget"] == {"epochs": 2, "evaluated_epoch": 2, "train_faces": 16,
+                                                  "best_val_nmse": 1.0}
     speed = doc["speed"]["methods"]
     assert set(speed["MobileNet-L"]) == set(speed["FAN*"]) == {"pytorch-eager", "onnxruntime"}
     assert set(speed["ESR*"]) == set(speed["dlib-pretrained"]) == {"dlib"}
@@ -91,11 +98,13 @@ def test_writes_every_method_ablation_and_speed(full_run):
     for heading in ("Speed (cf. paper Table 2)", "Frontal faces (cf. paper Table 3)", "Side faces (cf. paper Table 4)",
                     "Ablation (cf. paper Figure 9)", "Cell by cell"):
         assert heading in md
-    assert r"| *FAN\* (paper)* | – | *3.56* |" in md and "| ESR* | dlib |" in md and "| no-SE | 1 (1) | 16 |" in md
+    assert r"| *FAN\* (paper)* | – | *3.56* |" in md and "| ESR* | dlib |" in md
     full, repeat = (doc["ablation"][k]["nmse"]["all"]["center25"] for k in ("full", "full-seed1"))
-    assert f"seed noise: {100 * (repeat - full) / repeat:+.1f} %" in md
-    assert "At a like budget (MobileNet-L: the ablation's `full` control, 2 epochs on 16 faces" in md  # last.pt: epoch 2
-    assert f"{abs(full - repeat):.2f} NMSE points apart" in md  # the clean..center25 list ends with centre25
+    assert f"| full | 2 | 2 | 16 | " in md and f" | {full:.2f} / {repeat:.2f} | " in md
+    no_se = doc["ablation"]["no-SE"]["nmse"]["all"]["center25"]
+    assert f"| no-SE | 1 | 2 | 16 | " in md and f"{100 * (no_se - (full + repeat) / 2) / no_se:+.1f} %" in md
+    assert "one seed: noise unknown" in md
+    assert "At a like budget (MobileNet-L: the ablation's `full` control, mean of 2 seeds, 2 epochs on 16 faces" in md
     for image in ("nmse_vs_occlusion.png", "training_curve.png", "examples.png"):
         assert (docs / "img" / image).stat().st_size > 0
 
@@ -130,3 +139,31 @@ def test_missing_models_are_skipped_with_a_hint(tmp_path, capsys):
     assert "--variant no-SE" in out
     md = (tmp_path / "docs" / "results.md").read_text()
     assert "dlib-pretrained (ours)" in md and "FAN* (ours)" not in md and "Ablation" not in md
+
+
+def test_ablation_only_keeps_methods_speed_and_presets(full_run, tmp_path, monkeypatch):
+    from scripts import results_report
+
+    docs = tmp_path / "docs"
+    shutil.copytree(full_run[0], docs)
+    before = json.loads((docs / "results.json").read_text())
+    save_runs(tmp_path / "ablation", ["no-SE", "no-SE-seed10", "no-SE-seed2", "ReLU-seed1"])
+
+    def refuse(*a, **k):
+        raise AssertionError("--ablation-only must not time the methods")
+
+    monkeypatch.setattr(results_report, "time_interleaved", refuse)
+    doc = report("--ablation-only", "--ablation-dir", str(tmp_path / "ablation"), "--docs", str(docs))
+    assert {k: doc[k] for k in ("methods", "speed", "presets")} == {k: before[k] for k in ("methods", "speed", "presets")}
+    # seeds in numeric order; a repeat without its seed-0 run is not a variant's row
+    assert list(doc["ablation"]) == ["no-SE", "no-SE-seed2", "no-SE-seed10"]
+    assert json.loads((docs / "results.json").read_text()) == json.loads(json.dumps(doc))
+
+
+def test_seed_noise_verdict():
+    from scripts.results_report import seeds_apart
+
+    assert seeds_apart([17.0, 17.5], [15.9, 16.1]).startswith("**helps** (every seed apart; chance 1 in 6)")
+    assert seeds_apart([15.0, 15.2], [15.9, 16.1]).startswith("**hurts**")
+    assert seeds_apart([16.0, 17.5], [15.9, 16.1]) == "not told from seed noise (seeds overlap)"
+    assert seeds_apart([17.0], [15.9, 16.1]) == "one seed: noise unknown"
