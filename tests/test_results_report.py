@@ -167,3 +167,13 @@ def test_seed_noise_verdict():
     assert seeds_apart([15.0, 15.2], [15.9, 16.1]).startswith("**hurts**")
     assert seeds_apart([16.0, 17.5], [15.9, 16.1]) == "not told from seed noise (seeds overlap)"
     assert seeds_apart([17.0], [15.9, 16.1]) == "one seed: noise unknown"
+
+
+def test_a_run_with_one_nmse_under_every_condition_is_collapsed():
+    from scripts.results_report import COLS, collapsed
+
+    def run(values):
+        return {"nmse": {"all": dict(zip(COLS, values))}}
+
+    assert collapsed(run([17.83, 17.83, 17.84, 17.83, 17.82, 17.83]))
+    assert not collapsed(run([10.06, 11.90, 14.61, 16.26, 16.92, 15.89]))
