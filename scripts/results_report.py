@@ -406,25 +406,27 @@ def seeds_apart(variant: list[float], control: list[float]) -> str:
 def ablation_table(ablation: dict[str, dict]) -> str:
     groups = by_variant(ablation)
     control = groups.get("full")
+    if control:
+        full_c25 = mean_nmse(control)["all"]["center25"]
+        control_c25 = [r["nmse"]["all"]["center25"] for r in control]
     lines = ["| variant | seeds | epochs | train faces | " + " | ".join(COLS) + " | centre25 per seed "
              "| gain of the component at centre25 (ours) | beyond seed noise? | paper, Fig. 9 |",
              "|---" * (len(COLS) + 8) + "|"]
     for variant, runs in groups.items():
         row, b = mean_nmse(runs)["all"], runs[0]["budget"]
         per_seed = [r["nmse"]["all"]["center25"] for r in runs]
-        dead = sum(collapsed(r) for r in runs)
+        dead = [collapsed(r) for r in runs]
         component, paper_gain = PAPER_FIG9.get(variant, ("", None))
         gain = verdict_cell = "–"
         if control and variant != "full":  # as Fig. 9: how much lower NMSE gets when the component is added
-            full_c25 = mean_nmse(control)["all"]["center25"]
             gain = f"{component}: {100 * (row['center25'] - full_c25) / row['center25']:+.1f} %"
-            verdict_cell = seeds_apart(per_seed, [r["nmse"]["all"]["center25"] for r in control])
-        if dead:
-            verdict_cell = (f"{dead} of {len(runs)} seeds collapsed to one fixed shape: the variant does not train "
-                            "reliably with this recipe, and the gain is not an accuracy measurement")
+            verdict_cell = seeds_apart(per_seed, control_c25)
+        if any(dead):
+            verdict_cell = (f"{sum(dead)} of {len(runs)} seeds collapsed to one fixed shape: the variant does not "
+                            "train reliably with this recipe, and the gain is not an accuracy measurement")
         lines.append(f"| {variant} | {len(runs)} | {b['epochs']} | {b['train_faces']} | "
                      + " | ".join(fmt(row[c]) for c in COLS)
-                     + f" | {' / '.join(fmt(v) + (' (collapsed)' if collapsed(r) else '') for v, r in zip(per_seed, runs))} "
+                     + f" | {' / '.join(fmt(v) + (' (collapsed)' if d else '') for v, d in zip(per_seed, dead))} "
                      + f"| {gain} | {verdict_cell} | {'–' if paper_gain is None else f'{component}: +{paper_gain} %'} |")
     return "\n".join(lines)
 
