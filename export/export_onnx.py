@@ -22,27 +22,36 @@ import onnx
 import torch
 
 from runtime import preprocess, schema
+from runtime.backends import INPUT_NAME, OUTPUTS
 from runtime.files import atomic_write_bytes, sha1_file, sha256_file
 
 DEFAULT_OPSET = 17
 BACKBONE_OPS = {"Conv", "HardSwish", "HardSigmoid", "Relu", "GlobalAveragePool", "Mul", "Add"}
-HEAD_OPS = {"Flatten", "Concat", "Gemm", "Reshape"}
+HEAD_OPS = {"Flatten", "Concat", "Gemm", "Reshape", "Sigmoid", "Squeeze"}
 PARITY_BOUND_PX = 0.01  # max landmark difference to PyTorch, pixels at 256 scale
+PARITY_BOUND_PROB = 1e-4  # max visibility / face-score difference to PyTorch
+
+
+def model_outputs(model: torch.nn.Module) -> list[str]:
+    """The runtime.backends.OUTPUTS a network returns: all three with heads, landmarks without."""
+    return list(OUTPUTS) if getattr(getattr(model, "config", None), "heads", False) else ["landmarks"]
 
 
 def export_onnx(model: torch.nn.Module, path: Path, opset: int = DEFAULT_OPSET, simplify: bool = True) -> list[str]:
-    """Write ``model`` as ONNX with input ``input`` [N,3,256,256] and output ``landmarks`` [N,68,2].
+    """Write ``model`` as ONNX with input ``input`` [N,3,256,256] and outputs ``landmarks`` [N,68,2] and, for
+    a model with heads, ``visibility`` [N,68] and ``face_score`` [N] (probabilities), batch axis dynamic.
 
     Returns notes (e.g. why simplification was skipped). The TorchScript exporter is used
     because it maps nn.Hardswish / nn.Hardsigmoid / AdaptiveAvgPool2d(1) straight to
     HardSwish / HardSigmoid / GlobalAveragePool.
     """
     buf = io.BytesIO()
+    outputs = model_outputs(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy-exporter deprecation notice
         torch.onnx.export(
-            model.eval(), torch.zeros(1, 3, 256, 256), buf, input_names=["input"], output_names=["landmarks"],
-            opset_version=opset, dynamic_axes={"input": {0: "N"}, "landmarks": {0: "N"}}, dynamo=False,
+            model.eval(), torch.zeros(1, 3, 256, 256), buf, input_names=[INPUT_NAME], output_names=outputs,
+            opset_version=opset, dynamic_axes={n: {0: "N"} for n in [INPUT_NAME, *outputs]}, dynamo=False,
         )
     proto = onnx.load_from_string(buf.getvalue())
     notes = []
@@ -111,31 +120,46 @@ def build_golden(model: torch.nn.Module, faces_dir: Path, masks_dir: Path, count
             masks.append(np.ones((256, 256), bool) if mask is None else mask.astype(bool))
             crops.append(crop)
     crops = np.stack(crops)
-    with torch.no_grad():
-        ref = np.concatenate([model(torch.from_numpy(preprocess.to_input(crops[i:i + 64]))).numpy()
-                              for i in range(0, len(crops), 64)])
+    ref = torch_outputs(model, crops)
     golden = Golden(
         paths=[f.path for f in faces], sha1=[sha1_file(faces_dir / f.path) for f in faces],
         boxes=np.stack([f.box for f in faces]), landmarks=np.stack([f.landmarks for f in faces]),
         yaw=np.array([f.yaw for f in faces]), face_index=np.array(face_index), condition=conds, mask_id=mask_ids,
-        masks=np.stack(masks), reference=ref,
+        masks=np.stack(masks), reference=ref["landmarks"], reference_visibility=ref.get("visibility"),
+        reference_score=ref.get("face_score"),
         meta=meta | {"preprocess_version": preprocess.PREPROCESS_VERSION, "mask_seed": seed, "split": "test"},
     )
     return golden, crops
 
 
-def parity(onnx_path: Path, crops: np.ndarray, reference: np.ndarray) -> float:
-    """Max landmark difference (pixels at 256 scale) between ONNX Runtime and PyTorch on the same inputs."""
-    from runtime.onnxruntime_backend import OnnxRuntimeBackend
+@torch.no_grad()
+def torch_outputs(model: torch.nn.Module, crops: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
+    """The network's outputs (named as in runtime.backends.OUTPUTS) for uint8 crops."""
+    names = model_outputs(model)
+    parts = []
+    for i in range(0, len(crops), batch):
+        out = model(torch.from_numpy(preprocess.to_input(crops[i:i + batch])))
+        parts.append(out if isinstance(out, tuple) else (out,))
+    return {n: np.concatenate([p[k].numpy() for p in parts]) for k, n in enumerate(names)}
 
-    backend = OnnxRuntimeBackend(onnx_path, providers=["CPUExecutionProvider"])
-    pred = np.concatenate([backend.run(preprocess.to_input(crops[i:i + 64])) for i in range(0, len(crops), 64)])
-    return float(np.abs(pred - reference).max() * preprocess.INPUT_SIZE)
+
+def parity(onnx_path: Path, crops: np.ndarray, reference: dict[str, np.ndarray]) -> dict[str, float]:
+    """Max difference between ONNX Runtime and PyTorch on the same inputs, per output: landmarks in pixels
+    at 256 scale, visibility and face score in probability."""
+    from runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from runtime.verify import run_model
+
+    pred = run_model(OnnxRuntimeBackend(onnx_path, providers=["CPUExecutionProvider"]), crops)
+    if set(pred) != set(reference):
+        raise RuntimeError(f"{onnx_path}: outputs {sorted(pred)}, PyTorch has {sorted(reference)}")
+    scale = {"landmarks": preprocess.INPUT_SIZE}
+    return {n: float(np.abs(pred[n] - reference[n]).max() * scale.get(n, 1)) for n in reference}
 
 
 def main(argv: list[str] | None = None) -> dict:
     from train.checkpoint import load_model
     from train.data import DEFAULT_FACES, DEFAULT_MASKS
+    from train.model import variant_name
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=Path("weights/mobilenet_l.pt"), help="(default: %(default)s)")
@@ -157,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("ONNX ops: " + ", ".join(f"{op} {n}" for op, n in ops.most_common()))
     check_op_set(ops)
     meta = {
-        "model": "mobilenet_l", "precision": "fp32", "opset": str(args.opset),
+        "model": variant_name(model.config), "precision": "fp32", "opset": str(args.opset),
+        "outputs": ",".join(model_outputs(model)),
         "preprocess": json.dumps(preprocess.describe()), "schema": json.dumps(schema.describe()),
         "checkpoint_sha256": checkpoint_sha, "tools": json.dumps(tool_versions()),
         "simplified": "no" if notes or args.no_simplify else "yes",
@@ -170,13 +195,15 @@ def main(argv: list[str] | None = None) -> dict:
                                      {"checkpoint_sha256": checkpoint_sha, "onnx": args.out.name})
         golden_path = args.out.with_suffix(".golden.npz")
         golden.save(golden_path)
-        diff = parity(args.out, crops, golden.reference)
-        print(f"golden set: {len(golden.paths)} test faces x 6 conditions -> {golden_path}")
-        print(f"parity ONNX Runtime vs PyTorch: max landmark difference {diff:.5f} px at 256 "
-              f"(bound {PARITY_BOUND_PX} px) on {len(crops)} real samples")
-        result |= {"golden": str(golden_path), "max_diff_px": diff}
-        if diff > PARITY_BOUND_PX:
-            raise SystemExit(f"parity check failed: {diff:.5f} px > {PARITY_BOUND_PX} px")
+        diffs = parity(args.out, crops, golden.outputs())
+        diff = diffs["landmarks"]
+        print(f"golden set: {len(golden.paths)} test faces x {len(set(golden.condition))} conditions -> {golden_path}")
+        print(f"parity ONNX Runtime vs PyTorch on {len(crops)} real samples: max landmark difference {diff:.5f} px "
+              f"at 256 (bound {PARITY_BOUND_PX} px)" + "".join(
+                  f", {n} {d:.2e} (bound {PARITY_BOUND_PROB})" for n, d in diffs.items() if n != "landmarks"))
+        result |= {"golden": str(golden_path), "max_diff_px": diff, "max_diff": diffs}
+        if diff > PARITY_BOUND_PX or any(d > PARITY_BOUND_PROB for n, d in diffs.items() if n != "landmarks"):
+            raise SystemExit(f"parity check failed: {diffs}")
     else:
         print(f"skipped parity check and golden set: {args.faces} or {args.masks} not found")
     print(f"wrote {args.out}")

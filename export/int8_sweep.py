@@ -102,8 +102,9 @@ def sweep(int8: Path, golden: Golden, crops: np.ndarray, conditions: list[str],
         for name, (variant, count) in variants.items():
             path = Path(tmp) / "variant.onnx"
             onnx.save(variant, str(path))
-            pred = golden.reference.copy()  # unselected samples equal the reference: ΔNMSE 0 there
-            pred[sel] = run_model(OnnxRuntimeBackend(path), crops[sel])
+            pred = {n: v.copy() for n, v in golden.outputs().items()}  # unselected samples equal the reference
+            for n, v in run_model(OnnxRuntimeBackend(path), crops[sel]).items():
+                pred[n][sel] = v
             per_cond = compare(golden, pred)
             results[name] = {"count": count, **{c: per_cond[c]["delta_nmse"] for c in conditions}}
             print(f"{name:<20}{count:>6}" + "".join(f"{results[name][c]:>+10.3f}" for c in conditions), flush=True)

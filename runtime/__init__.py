@@ -4,9 +4,9 @@
     det = LandmarkDetector("model.onnx")   # or "model.engine"
     pts = det.predict(image_bgr)           # (68, 2) image pixels
 """
-from .detector import LandmarkDetector
+from .detector import FaceLandmarks, LandmarkDetector
 
-__all__ = ["LandmarkDetector", "detect_faces"]
+__all__ = ["FaceLandmarks", "LandmarkDetector", "detect_faces"]
 
 
 def __getattr__(name: str):

@@ -1,4 +1,8 @@
-"""Inference backends behind one interface: float32 (N, 3, 256, 256) in, (N, 68, 2) normalised landmarks out.
+"""Inference backends behind one interface: float32 (N, 3, 256, 256) in, a dict of named outputs out.
+
+The model contract (tensor names and per-sample shapes) is OUTPUTS: ``landmarks`` (68, 2) normalised
+crop coordinates, always; ``visibility`` (68,) and ``face_score`` () probabilities in [0, 1] when the
+model has the heads (the paper's network has landmarks only).
 
 The backend is chosen by file extension (``.onnx`` -> ONNX Runtime, ``.engine``/``.plan``/``.trt``
 -> TensorRT) or by name. Heavy imports (onnxruntime, tensorrt, pycuda) happen only here, on use.
@@ -11,14 +15,41 @@ from typing import Protocol
 import numpy as np
 
 ENGINE_SUFFIXES = {".engine", ".plan", ".trt"}
+INPUT_NAME = "input"
+INPUT_CHW = (3, 256, 256)
+# output name: shape per sample, in the order the network returns them
+OUTPUTS: dict[str, tuple[int, ...]] = {"landmarks": (68, 2), "visibility": (68,), "face_score": ()}
+Outputs = dict  # output name -> float32 array (N, *OUTPUTS[name])
 
 
 class Backend(Protocol):
     name: str  # "onnxruntime" or "tensorrt"
     precision: str  # "fp32", "fp16" or "int8"
     max_batch: int | None  # None: any batch size
+    outputs: tuple[str, ...]  # the OUTPUTS this model has, "landmarks" first
 
-    def run(self, x: np.ndarray) -> np.ndarray: ...
+    def run(self, x: np.ndarray) -> Outputs: ...
+
+
+def output_names(path: str | Path, found: dict[str, tuple]) -> tuple[str, ...]:
+    """Check a model's outputs (name: shape without the batch axis) against OUTPUTS; return their names.
+
+    A model with one (68, 2) output of another name is a landmark model too (older exports).
+    """
+    shapes = {name: tuple(shape) for name, shape in found.items()}
+    if len(shapes) == 1 and next(iter(shapes.values())) == OUTPUTS["landmarks"]:
+        return (next(iter(shapes)),)
+    wrong = {n: s for n, s in shapes.items() if OUTPUTS.get(n) != s}
+    if "landmarks" not in shapes or wrong:
+        expected = ", ".join(f"{n} [N{''.join(f',{d}' for d in s)}]" for n, s in OUTPUTS.items())
+        raise ValueError(f"{path}: not a landmark model: outputs {shapes}; expected landmarks and optionally "
+                         f"visibility and face_score ({expected})")
+    return tuple(n for n in OUTPUTS if n in shapes)
+
+
+def landmarks_output(outputs: Outputs) -> np.ndarray:
+    """The landmarks of a run's outputs (the one output of an older single-output model)."""
+    return outputs["landmarks"] if "landmarks" in outputs else next(iter(outputs.values()))
 
 
 def backend_for(path: str | Path) -> str:

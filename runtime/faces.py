@@ -18,9 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .preprocess import ensure_bgr
+from .preprocess import Box, ensure_bgr
 
-Box = tuple[float, float, float, float]
 DETECTORS = ("auto", "dlib", "haar")
 
 # Frames larger than this (longest side, px) are shrunk before detection: HOG and Haar cost grows with

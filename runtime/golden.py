@@ -18,7 +18,7 @@ import numpy as np
 from .files import atomic_write_bytes, sha1_file
 from .preprocess import INPUT_SIZE, PREPROCESS_VERSION, ImageError, crop_matrix, occlude, read_image, warp
 
-GOLDEN_FORMAT = "landmarks-golden-v1"
+GOLDEN_FORMAT = "landmarks-golden-v1"  # v1 files of models with heads add reference_visibility/_score
 
 
 @dataclass
@@ -33,7 +33,15 @@ class Golden:
     mask_id: list[str]  # (S,) Liu et al. file name, "center25" or ""
     masks: np.ndarray  # (S, 256, 256) bool, True = kept pixel
     reference: np.ndarray  # (S, 68, 2) PyTorch prediction, normalised crop coordinates
+    reference_visibility: np.ndarray | None = None  # (S, 68) PyTorch visibility, models with heads
+    reference_score: np.ndarray | None = None  # (S,) PyTorch face score, models with heads
     meta: dict = field(default_factory=dict)
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """The reference outputs by name (runtime.backends.OUTPUTS): what a model must reproduce."""
+        out = {"landmarks": self.reference, "visibility": self.reference_visibility,
+               "face_score": self.reference_score}
+        return {k: v for k, v in out.items() if v is not None}
 
     def save(self, path: Path) -> None:
         arrays = dict(
@@ -43,6 +51,9 @@ class Golden:
             condition=np.array(self.condition), mask_id=np.array(self.mask_id),
             masks=np.packbits(self.masks.astype(bool), axis=-1), reference=self.reference.astype(np.float32),
         )
+        if self.reference_visibility is not None:
+            arrays |= dict(reference_visibility=self.reference_visibility.astype(np.float32),
+                           reference_score=self.reference_score.astype(np.float32))
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         atomic_write_bytes(path, buf.getvalue())
@@ -69,6 +80,8 @@ class Golden:
             mask_id=z["mask_id"].tolist(),
             masks=np.unpackbits(z["masks"], axis=-1, count=INPUT_SIZE).astype(bool),
             reference=z["reference"], meta=meta,
+            reference_visibility=z["reference_visibility"] if "reference_visibility" in z.files else None,
+            reference_score=z["reference_score"] if "reference_score" in z.files else None,
         )
 
     def crops(self, faces_dir: Path) -> np.ndarray:

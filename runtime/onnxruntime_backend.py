@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends import INPUT_CHW, Outputs, output_names
+
 # TensorRT's own EP is left out on purpose: it rebuilds an engine at every start; use a .engine instead.
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -27,17 +29,17 @@ class OnnxRuntimeBackend:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as e:
             raise ValueError(f"{self.path}: ONNX Runtime cannot load it ({e.__class__.__name__}: {e})") from e
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if (len(inputs) != 1 or list(inputs[0].shape[1:]) != [3, 256, 256]
-                or len(outputs) != 1 or list(outputs[0].shape[1:]) != [68, 2]):
-            raise ValueError(
-                f"{self.path}: not a landmark model: expected input [N,3,256,256] and output [N,68,2], got "
-                f"{[(i.name, i.shape) for i in inputs]} -> {[(o.name, o.shape) for o in outputs]}")
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or tuple(inputs[0].shape[1:]) != INPUT_CHW:
+            raise ValueError(f"{self.path}: not a landmark model: expected one input [N,3,256,256], got "
+                             f"{[(i.name, i.shape) for i in inputs]}")
         self.input_name = inputs[0].name
+        self.outputs = output_names(self.path, {o.name: o.shape[1:] for o in self.session.get_outputs()})
         self.metadata = self.session.get_modelmeta().custom_metadata_map
         self.precision = self.metadata.get("precision", "fp32")
         self.providers = self.session.get_providers()
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray) -> Outputs:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)
+        values = self.session.run(list(self.outputs), {self.input_name: x})
+        return {n: v.astype(np.float32, copy=False) for n, v in zip(self.outputs, values)}

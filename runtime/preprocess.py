@@ -13,10 +13,12 @@ and its box about half the image side. Non-square images are padded to a square.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Tuple
 
 import cv2
 import numpy as np
 
+Box = Tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels (typing.Tuple: Python 3.8)
 INPUT_SIZE = 256
 BOX_SCALE = 2.0
 PREPROCESS_VERSION = "crop-v1"
@@ -143,11 +145,17 @@ def to_input(crops_bgr: np.ndarray) -> np.ndarray:
     return x
 
 
-def occlude(crop: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Occlusion as in the paper: Hadamard product of a uint8 HxWx3 crop and an HxW {0,1} mask (1 = kept)."""
+def occlude(crop: np.ndarray, mask: np.ndarray | None, fill: np.ndarray | None = None) -> np.ndarray:
+    """Occlusion as in the paper: Hadamard product of a uint8 HxWx3 crop and an HxW {0,1} mask (1 = kept).
+
+    ``fill`` (uint8 HxWx3) puts a textured occluder into the holes instead of black.
+    """
     if mask is None:
         return crop
-    return (crop * mask[:, :, None]).astype(crop.dtype)
+    kept = mask[:, :, None]
+    if fill is None:
+        return (crop * kept).astype(crop.dtype)
+    return np.where(kept > 0.5, crop, fill).astype(crop.dtype)
 
 
 def preprocess(image: np.ndarray, box=None) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tensorrt_shim as shim
+from .backends import Outputs, output_names
 
 
 class EngineMismatch(RuntimeError):
@@ -38,7 +39,8 @@ def check_sidecar(engine_path: Path, sidecar: dict, running: dict[str, str]) -> 
 
 
 class TensorRTBackend:
-    """float32 (N, 3, 256, 256) -> float32 (N, 68, 2); batches above the profile's maximum are split.
+    """float32 (N, 3, 256, 256) -> the engine's outputs (runtime.backends.OUTPUTS); batches above the
+    profile's maximum are split.
 
     One ``run`` at a time per instance (the pinned buffers are shared); use one backend per thread.
     """
@@ -68,34 +70,37 @@ class TensorRTBackend:
                 raise RuntimeError(f"{self.path}: TensorRT could not deserialize the engine (see its log above)")
             self.context = self.engine.create_execution_context()
             inputs, outputs = shim.io_names(trt, self.engine)
-            if len(inputs) != 1 or len(outputs) != 1:
-                raise ValueError(f"{self.path}: expected one input and one output, got {inputs} -> {outputs}")
-            self._in, self._out = inputs[0], outputs[0]
+            if len(inputs) != 1:
+                raise ValueError(f"{self.path}: expected one input, got {inputs} -> {outputs}")
+            self._in = inputs[0]
             lo, _, hi = (tuple(s) for s in self.engine.get_tensor_profile_shape(self._in, 0))
             self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
+            if tuple(hi[1:]) != shim.INPUT_CHW:
+                raise ValueError(f"{self.path}: not a landmark engine: input {hi}")
             self.context.set_input_shape(self._in, (self.max_batch, *shim.INPUT_CHW))
-            out_shape = tuple(self.context.get_tensor_shape(self._out))
-            if tuple(hi[1:]) != shim.INPUT_CHW or out_shape[1:] != (68, 2):
-                raise ValueError(f"{self.path}: not a landmark engine: input {hi}, output {out_shape}")
+            shapes = {n: tuple(self.context.get_tensor_shape(n)) for n in outputs}
+            self.outputs = output_names(self.path, {n: s[1:] for n, s in shapes.items()})
             # Pinned host and device buffers for the largest batch, allocated once; smaller batches use a prefix.
             in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self._in)))
-            out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self._out)))
             self._host_in = cuda.pagelocked_empty((self.max_batch, *shim.INPUT_CHW), in_dtype)
-            self._host_out = cuda.pagelocked_empty(out_shape, out_dtype)
             self._dev_in = cuda.mem_alloc(self._host_in.nbytes)
-            self._dev_out = cuda.mem_alloc(self._host_out.nbytes)
             self.context.set_tensor_address(self._in, int(self._dev_in))
-            self.context.set_tensor_address(self._out, int(self._dev_out))
+            self._host_out, self._dev_out = {}, {}
+            for name in self.outputs:
+                dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+                self._host_out[name] = cuda.pagelocked_empty(shapes[name], dtype)
+                self._dev_out[name] = cuda.mem_alloc(self._host_out[name].nbytes)
+                self.context.set_tensor_address(name, int(self._dev_out[name]))
             self._stream = cuda.Stream()
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray) -> Outputs:
         x = np.asarray(x)
         if x.ndim != 4 or x.shape[1:] != shim.INPUT_CHW or len(x) == 0:
             raise ValueError(f"expected input (N, 3, 256, 256) with N >= 1, got {x.shape}")
-        outs = [self._run_batch(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
-        return np.concatenate(outs).astype(np.float32, copy=False)
+        parts = [self._run_batch(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
+        return {n: np.concatenate([p[n] for p in parts]).astype(np.float32, copy=False) for n in self.outputs}
 
-    def _run_batch(self, x: np.ndarray) -> np.ndarray:
+    def _run_batch(self, x: np.ndarray) -> Outputs:
         n = len(x)
         m = max(n, self.min_batch)  # a profile with MIN > 1: pad with zeros, drop the padding afterwards
         cuda = self._cuda
@@ -106,9 +111,10 @@ class TensorRTBackend:
             cuda.memcpy_htod_async(self._dev_in, self._host_in[:m], self._stream)
             if not self.context.execute_async_v3(self._stream.handle):
                 raise RuntimeError(f"{self.path}: TensorRT execution failed (see its log above)")
-            cuda.memcpy_dtoh_async(self._host_out[:m], self._dev_out, self._stream)
+            for name in self.outputs:
+                cuda.memcpy_dtoh_async(self._host_out[name][:m], self._dev_out[name], self._stream)
             self._stream.synchronize()
-            return self._host_out[:n].astype(np.float32, copy=True)
+            return {name: self._host_out[name][:n].astype(np.float32, copy=True) for name in self.outputs}
 
     def close(self) -> None:
         """Free the buffers and release the primary context (also fine to leave to interpreter exit)."""
@@ -116,7 +122,8 @@ class TensorRTBackend:
             return
         with shim.active(self._cuda, self._ctx):
             self._dev_in.free()
-            self._dev_out.free()
+            for buf in self._dev_out.values():
+                buf.free()
             del self.context, self.engine
         self._ctx.detach()
         self._ctx = None

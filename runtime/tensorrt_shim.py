@@ -35,9 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "landmarks"
-INPUT_CHW = (3, 256, 256)
+from .backends import INPUT_CHW, INPUT_NAME
 
 TRT_HINT = ("TensorRT Python bindings not found: on Jetson they come with JetPack (python3-libnvinfer); "
             "on a desktop install them from NVIDIA's index (pip install tensorrt --extra-index-url "

@@ -6,7 +6,11 @@
 For every model and every condition of the golden set (clean, four Liu et al. mask
 bins, centre square) it reports the reference NMSE, the model's NMSE, their
 difference (ΔNMSE, percentage points) and the mean and max landmark deviation from
-the reference in pixels at 256 scale. Exit status 1 when a model breaks its bound.
+the reference in pixels at 256 scale. For a model with visibility and face-score
+heads it also reports, per condition, the largest difference of either probability
+from the reference and the share of points whose visible/hidden call (at 0.5) agrees
+with the reference's. A NaN or infinite output anywhere fails the model.
+Exit status 1 when a model breaks a bound.
 """
 from __future__ import annotations
 
@@ -17,13 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import load_backend
+from .backends import Outputs, landmarks_output, load_backend
 from .files import DEFAULT_DATA, atomic_write_bytes
 from .golden import Golden
 from .metrics import nmse_per_face
 from .preprocess import INPUT_SIZE, output_to_image, to_input
 
 DEFAULT_BOUNDS = {"fp32": 0.01, "fp16": 0.05, "int8": 0.30}  # |ΔNMSE| in NMSE percentage points
+# Heads, per precision: (max |Δ probability| of visibility and face score, min visible/hidden agreement).
+HEAD_BOUNDS = {"fp32": (1e-3, 0.999), "fp16": (0.05, 0.99), "int8": (0.25, 0.97)}
+VISIBLE = 0.5  # a point counts as visible at or above this probability
 DEFAULT_FACES = DEFAULT_DATA / "faces"
 
 
@@ -32,26 +39,72 @@ def to_image(pred: np.ndarray, matrices: np.ndarray) -> np.ndarray:
     return np.stack([output_to_image(p, m) for p, m in zip(pred, matrices)])
 
 
-def run_model(backend, crops: np.ndarray, batch: int = 32) -> np.ndarray:
+def run_model(backend, crops: np.ndarray, batch: int = 32) -> Outputs:
+    """Every output of a backend for uint8 crops, in batches."""
     batch = min(batch, backend.max_batch or batch)
-    return np.concatenate([backend.run(to_input(crops[i:i + batch])) for i in range(0, len(crops), batch)])
+    parts = [backend.run(to_input(crops[i:i + batch])) for i in range(0, len(crops), batch)]
+    return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
 
 
-def compare(golden: Golden, pred: np.ndarray) -> dict[str, dict]:
-    """Per-condition NMSE of reference and model against the ground truth, and their deviation."""
+def worst(values) -> float:
+    """The largest value, NaN when any is NaN (Python's max would skip a NaN that is not first)."""
+    values = np.asarray(list(values), dtype=np.float64)
+    return float("nan") if np.isnan(values).any() else float(values.max())
+
+
+def compare(golden: Golden, outputs: Outputs) -> dict[str, dict]:
+    """Per-condition NMSE of reference and model against the ground truth, their deviation and, for models
+    with heads, the heads' largest probability difference and visible/hidden agreement."""
+    pred = landmarks_output(outputs)
     mats = golden.matrices()
     gt = golden.landmarks[golden.face_index]
     ref_nmse = nmse_per_face(to_image(golden.reference, mats), gt)
     model_nmse = nmse_per_face(to_image(pred, mats), gt)
     dev = np.linalg.norm(pred - golden.reference, axis=-1) * INPUT_SIZE  # (S, 68) px at 256
+    reference = golden.outputs()
+    heads = [n for n in ("visibility", "face_score") if n in reference]
+    missing = [n for n in heads if n not in outputs]
+    if missing:
+        raise ValueError(f"the golden set has reference {', '.join(missing)} but the model has no such output")
     conds = np.array(golden.condition)
     out = {}
     for cond in dict.fromkeys(golden.condition):
         sel = conds == cond
         ref, mod = float(ref_nmse[sel].mean()), float(model_nmse[sel].mean())
-        out[cond] = {"n": int(sel.sum()), "nmse_reference": ref, "nmse_model": mod, "delta_nmse": mod - ref,
-                     "mean_dev_px": float(dev[sel].mean()), "max_dev_px": float(dev[sel].max())}
+        row = {"n": int(sel.sum()), "nmse_reference": ref, "nmse_model": mod, "delta_nmse": mod - ref,
+               "mean_dev_px": float(dev[sel].mean()), "max_dev_px": worst(dev[sel].ravel())}
+        if heads:
+            row["max_prob_diff"] = worst(np.abs(outputs[n][sel] - reference[n][sel]).max() for n in heads)
+            vis, ref_vis = outputs["visibility"][sel], reference["visibility"][sel]
+            row["visibility_agreement"] = (float("nan") if np.isnan(vis).any()
+                                           else float(((vis >= VISIBLE) == (ref_vis >= VISIBLE)).mean()))
+        out[cond] = row
     return out
+
+
+def judge(per_cond: dict[str, dict], precision: str, bounds: dict[str, float]) -> dict:
+    """Bounds, worst values and the verdict of one model; NaN anywhere fails."""
+    bound = bounds.get(precision, bounds["fp32"])
+    rows = list(per_cond.values())
+    result = {"bound": bound, "max_abs_delta_nmse": worst(abs(r["delta_nmse"]) for r in rows)}
+    ok = result["max_abs_delta_nmse"] <= bound and all(np.isfinite(r["max_dev_px"]) for r in rows)
+    if "max_prob_diff" in rows[0]:
+        prob_bound, agree_bound = HEAD_BOUNDS.get(precision, HEAD_BOUNDS["fp32"])
+        result |= {"prob_bound": prob_bound, "agreement_bound": agree_bound,
+                   "max_prob_diff": worst(r["max_prob_diff"] for r in rows),
+                   "min_visibility_agreement": -worst(-r["visibility_agreement"] for r in rows)}
+        ok = ok and result["max_prob_diff"] <= prob_bound and result["min_visibility_agreement"] >= agree_bound
+    return result | {"pass": bool(ok)}
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def parse_bounds(items: list[str]) -> dict[str, float]:
@@ -82,21 +135,27 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.model:
         backend = load_backend(path, args.backend)
         per_cond = compare(golden, run_model(backend, crops))
-        bound = bounds.get(backend.precision, bounds["fp32"])
-        worst = max(abs(v["delta_nmse"]) for v in per_cond.values())
-        ok = worst <= bound
-        report["models"][str(path)] = {"backend": backend.name, "precision": backend.precision, "bound": bound,
-                                       "max_abs_delta_nmse": worst, "pass": ok, "conditions": per_cond}
-        print(f"\n{path} ({backend.name}, {backend.precision}): max |ΔNMSE| {worst:.4f} "
-              f"{'<=' if ok else '>'} {bound} -> {'PASS' if ok else 'FAIL'}")
-        print(f"  {'condition':<10}{'ref NMSE':>10}{'NMSE':>10}{'ΔNMSE':>10}{'mean px':>10}{'max px':>10}")
+        verdict = judge(per_cond, backend.precision, bounds)
+        report["models"][str(path)] = {"backend": backend.name, "precision": backend.precision, **verdict,
+                                       "conditions": per_cond}
+        ok = verdict["pass"]
+        heads = "max_prob_diff" in verdict
+        print(f"\n{path} ({backend.name}, {backend.precision}): max |ΔNMSE| {verdict['max_abs_delta_nmse']:.4f} "
+              f"(bound {verdict['bound']})" + (
+                  f", max |Δp| {verdict['max_prob_diff']:.4f} (bound {verdict['prob_bound']}), visible/hidden "
+                  f"agreement {verdict['min_visibility_agreement']:.4f} (bound {verdict['agreement_bound']})"
+                  if heads else "") + f" -> {'PASS' if ok else 'FAIL'}")
+        print(f"  {'condition':<10}{'ref NMSE':>10}{'NMSE':>10}{'ΔNMSE':>10}{'mean px':>10}{'max px':>10}"
+              + (f"{'max |Δp|':>10}{'agree':>8}" if heads else ""))
         for cond, v in per_cond.items():
             print(f"  {cond:<10}{v['nmse_reference']:>10.3f}{v['nmse_model']:>10.3f}{v['delta_nmse']:>+10.4f}"
-                  f"{v['mean_dev_px']:>10.4f}{v['max_dev_px']:>10.3f}")
+                  f"{v['mean_dev_px']:>10.4f}{v['max_dev_px']:>10.3f}"
+                  + (f"{v['max_prob_diff']:>10.4f}{v['visibility_agreement']:>8.4f}" if heads else ""))
         if not ok:
             failed.append(str(path))
     if args.json:
-        atomic_write_bytes(args.json, json.dumps(report, indent=1).encode())
+        # strict JSON: a NaN is written as null (the verdict already says FAIL)
+        atomic_write_bytes(args.json, json.dumps(_finite(report), indent=1, allow_nan=False).encode())
         print(f"\nwrote {args.json}")
     if failed:
         print(f"FAILED parity: {', '.join(failed)}", file=sys.stderr)

@@ -32,6 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from runtime.backends import landmarks_output
 from runtime.benchmark import Candidate, machine_info, time_interleaved
 from runtime.files import atomic_write_bytes
 from runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -61,7 +62,7 @@ def ort_predictor(model: torch.nn.Module, path: Path) -> Predictor:
 
     export_onnx(model, path)  # opset 17, TorchScript exporter (dynamo=False), simplified
     backend = OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"])
-    return lambda crops: backend.run(to_input(crops))
+    return lambda crops: landmarks_output(backend.run(to_input(crops)))
 
 
 def budget(run_dir: Path, state: dict) -> dict:

@@ -12,7 +12,8 @@ missing here too, so using them fails as it would for real):
   ``int8_calibrator`` / ``set_calibration_profile`` on the builder config.
 
 Device memory is real numpy bytes, so copies work and the fake engine computes something checkable:
-``landmarks[n, k, j] = mean(input[n]) * (j + 1) + k / 68`` (see ``expected_output``).
+``landmarks[n, k, j] = mean(input[n]) * (j + 1) + k / 68`` and, when the ONNX file has those outputs,
+``visibility`` and ``face_score`` (see ``expected_outputs``).
 """
 from __future__ import annotations
 
@@ -34,10 +35,19 @@ TIMING_MAGIC = b"FAKE-TIMING-CACHE\n"
 
 
 def expected_output(x: np.ndarray) -> np.ndarray:
-    """What the fake engine computes for input (N, 3, 256, 256)."""
+    """The landmarks the fake engine computes for input (N, 3, 256, 256)."""
     mean = x.reshape(len(x), -1).astype(np.float64).mean(axis=1)
     out = mean[:, None, None] * np.array([1.0, 2.0])[None, None, :] + (np.arange(68) / 68.0)[None, :, None]
     return out.astype(np.float32)
+
+
+def expected_outputs(x: np.ndarray, names=("landmarks",)) -> dict[str, np.ndarray]:
+    """Every output the fake engine computes: landmarks, and visibility / face_score in [0, 1]."""
+    mean = x.reshape(len(x), -1).astype(np.float64).mean(axis=1)
+    every = {"landmarks": expected_output(x),
+             "visibility": (1 / (1 + np.exp(-(mean[:, None] + np.arange(68) / 68.0 - 0.5)))).astype(np.float32),
+             "face_score": (1 / (1 + np.exp(-mean))).astype(np.float32)}
+    return {n: every[n] for n in names}
 
 
 class Recorder:
@@ -214,7 +224,7 @@ def _make_tensorrt(generation: str, rec: Recorder, memory: dict[int, bytearray])
 
     class INetworkDefinition:
         def __init__(self, flags: int) -> None:
-            self.flags, self.inputs, self.parsed_from = flags, [], None
+            self.flags, self.inputs, self.outputs, self.parsed_from = flags, [], ["landmarks"], None
             rec.objects["network"] = self
 
         @property
@@ -259,6 +269,7 @@ def _make_tensorrt(generation: str, rec: Recorder, memory: dict[int, bytearray])
                     return False
             initialisers = {t.name for t in model.graph.initializer}
             self.network.inputs = [ITensor(v.name) for v in model.graph.input if v.name not in initialisers]
+            self.network.outputs = [v.name for v in model.graph.output]
             self.network.parsed_from = path
             return True
 
@@ -396,6 +407,7 @@ def _make_tensorrt(generation: str, rec: Recorder, memory: dict[int, bytearray])
                 config.timing_cache.entries += 1
             shapes = config.profiles[0].shapes["input"]
             plan = {"profile": shapes, "flags": sorted(config.flags), "strongly_typed": strongly_typed(network),
+                    "outputs": network.outputs,
                     "dla_core": config.DLA_core if config.default_device_type == trt.DeviceType.DLA else None}
             return PLAN_MAGIC + json.dumps(plan).encode()
 
@@ -414,7 +426,8 @@ def _make_tensorrt(generation: str, rec: Recorder, memory: dict[int, bytearray])
 
         def get_tensor_shape(self, name: str) -> tuple:
             n = self.shapes["input"][0]
-            return self.shapes["input"] if name == "input" else (n, 68, 2)
+            per_sample = {"input": self.shapes["input"][1:], "landmarks": (68, 2), "visibility": (68,), "face_score": ()}
+            return (n, *per_sample[name])
 
         def set_tensor_address(self, name: str, memory_address: int) -> bool:
             rec("set_tensor_address", name, memory_address)
@@ -426,18 +439,18 @@ def _make_tensorrt(generation: str, rec: Recorder, memory: dict[int, bytearray])
             rec("execute_async_v3", stream_handle, shape)
             n_in = int(np.prod(shape)) * 4
             x = np.frombuffer(bytes(memory[self.addresses["input"]][:n_in]), np.float32).reshape(shape)
-            y = expected_output(x).tobytes()
-            memory[self.addresses["landmarks"]][:len(y)] = y
+            for name, y in expected_outputs(x, self.engine.outputs).items():
+                memory[self.addresses[name]][:y.nbytes] = y.tobytes()
             return True
 
     class ICudaEngine:
         def __init__(self, plan: dict) -> None:
             self.plan, self.profile = plan, [tuple(s) for s in plan["profile"]]
-
-        num_io_tensors = 2
+            self.outputs = plan.get("outputs", ["landmarks"])
+            self.num_io_tensors = 1 + len(self.outputs)
 
         def get_tensor_name(self, i: int) -> str:
-            return ["input", "landmarks"][i]
+            return ["input", *self.outputs][i]
 
         def get_tensor_mode(self, name: str):
             return trt.TensorIOMode.INPUT if name == "input" else trt.TensorIOMode.OUTPUT
@@ -490,10 +503,18 @@ def install(monkeypatch, generation: str) -> FakeStack:
 # ------------------------------------------------------------------------------------------------- ONNX
 
 
+def _tiny_weights(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"W": rng.normal(0, 0.5, (3, 136)), "B": rng.normal(0, 0.1, (136,)),
+            "Wv": rng.normal(0, 2.0, (3, 68)), "Bv": rng.normal(0, 0.5, (68,)),
+            "Wf": rng.normal(0, 2.0, (3, 1)), "Bf": rng.normal(0, 0.5, (1,))}
+
+
 def tiny_onnx(path: str | Path, precision: str = "fp32", metadata: dict[str, str] | None = None,
-              unsupported: bool = False, seed: int = 0) -> Path:
+              unsupported: bool = False, seed: int = 0, heads: bool = False) -> Path:
     """A small landmark-shaped model: input [N,3,256,256] -> GlobalAveragePool -> Gemm -> [N,68,2].
 
+    ``heads=True`` adds ``visibility`` [N,68] and ``face_score`` [N] (Gemm + Sigmoid on the same pool).
     ``precision="fp16"`` makes a real FP16 graph with float32 input/output (Casts at both ends), like
     ModelOpt AutoCast with keep_io_types; "int8" only labels the FP32 graph (the fakes do not care).
     ``tiny_reference`` computes the same in numpy.
@@ -501,13 +522,12 @@ def tiny_onnx(path: str | Path, precision: str = "fp32", metadata: dict[str, str
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(seed)
-    w = rng.normal(0, 0.5, (3, 136)).astype(np.float32)
-    b = rng.normal(0, 0.1, (136,)).astype(np.float32)
+    weights = _tiny_weights(seed)
     fp16 = precision == "fp16"
     wt = np.float16 if fp16 else np.float32
-    inits = [numpy_helper.from_array(w.astype(wt), "W"), numpy_helper.from_array(b.astype(wt), "B"),
-             numpy_helper.from_array(np.array([-1, 68, 2], np.int64), "shape")]
+    inits = [numpy_helper.from_array(v.astype(wt), k) for k, v in weights.items()]
+    inits += [numpy_helper.from_array(np.array([-1, 68, 2], np.int64), "shape"),
+              numpy_helper.from_array(np.array([-1], np.int64), "flat_shape")]
     nodes = []
     x = "input"
     if fp16:
@@ -519,12 +539,23 @@ def tiny_onnx(path: str | Path, precision: str = "fp32", metadata: dict[str, str
               helper.make_node("Reshape", ["dense", "shape"], ["out16" if fp16 else "landmarks"])]
     if fp16:
         nodes.append(helper.make_node("Cast", ["out16"], ["landmarks"], to=TensorProto.FLOAT))
+    outputs = [helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, ["N", 68, 2])]
+    if heads:
+        nodes += [helper.make_node("Gemm", ["flat", "Wv", "Bv"], ["vis_logits"]),
+                  helper.make_node("Sigmoid", ["vis_logits"], ["vis16" if fp16 else "visibility"]),
+                  helper.make_node("Gemm", ["flat", "Wf", "Bf"], ["face_logits"]),
+                  helper.make_node("Sigmoid", ["face_logits"], ["face_col"]),
+                  helper.make_node("Reshape", ["face_col", "flat_shape"], ["face16" if fp16 else "face_score"])]
+        if fp16:
+            nodes += [helper.make_node("Cast", ["vis16"], ["visibility"], to=TensorProto.FLOAT),
+                      helper.make_node("Cast", ["face16"], ["face_score"], to=TensorProto.FLOAT)]
+        outputs += [helper.make_tensor_value_info("visibility", TensorProto.FLOAT, ["N", 68]),
+                    helper.make_tensor_value_info("face_score", TensorProto.FLOAT, ["N"])]
     if unsupported:
         nodes.insert(0, helper.make_node("Unsupported", ["input"], ["junk"], domain="fake.domain"))
     graph = helper.make_graph(
         nodes, "tiny_landmarks",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 256, 256])],
-        [helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, ["N", 68, 2])], inits)
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 256, 256])], outputs, inits)
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("fake.domain", 1)] if unsupported else [])
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
@@ -537,13 +568,17 @@ def tiny_onnx(path: str | Path, precision: str = "fp32", metadata: dict[str, str
     return path
 
 
-def tiny_reference(x: np.ndarray, seed: int = 0) -> np.ndarray:
-    """What ``tiny_onnx(seed=seed)`` computes, in numpy float64."""
-    rng = np.random.default_rng(seed)
-    w = rng.normal(0, 0.5, (3, 136))
-    b = rng.normal(0, 0.1, (136,))
+def tiny_reference(x: np.ndarray, seed: int = 0, heads: bool = False):
+    """What ``tiny_onnx(seed=seed)`` computes, in numpy float64: the landmarks, or with ``heads`` a dict of
+    every output."""
+    w = _tiny_weights(seed)
     pooled = x.astype(np.float64).mean(axis=(2, 3))
-    return (pooled @ w + b).reshape(len(x), 68, 2)
+    landmarks = (pooled @ w["W"] + w["B"]).reshape(len(x), 68, 2)
+    if not heads:
+        return landmarks
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    return {"landmarks": landmarks, "visibility": sigmoid(pooled @ w["Wv"] + w["Bv"]),
+            "face_score": sigmoid(pooled @ w["Wf"] + w["Bf"])[:, 0]}
 
 
 def synthetic_faces(root: str | Path, count: int = 6, size: int = 96) -> Path:

@@ -90,5 +90,8 @@ def test_resume_refuses_another_variant(small_faces, tmp_cache, tmp_path):
     model = MobileNetL(ABLATIONS["no-SE"])
     checkpoint.save(out / "last.pt", model, optimizer=torch.optim.AdamW(model.parameters()).state_dict(),
                     epoch=1, history=[], best_val_nmse=1.0)
-    with pytest.raises(SystemExit, match="variant 'no-SE', not --variant full"):
+    with pytest.raises(SystemExit, match="a run of 'no-SE', not 'paper'"):
+        main(["--faces", str(small_faces), "--out", str(out), "--resume", "--limit", "8", "--val-limit", "2",
+              "--variant", "full"])
+    with pytest.raises(SystemExit, match="a run of 'no-SE', not 'mobilenet_l'"):
         main(["--faces", str(small_faces), "--out", str(out), "--resume", "--limit", "8", "--val-limit", "2"])

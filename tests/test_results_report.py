@@ -10,7 +10,7 @@ from tests.conftest import CHECKPOINT, FACES, MASKS, needs_data, needs_dlib, nee
 pytestmark = [needs_data, needs_masks, needs_dlib,
               pytest.mark.skipif(not CHECKPOINT.exists(), reason=f"committed checkpoint {CHECKPOINT} not found")]
 
-KEYS = {"clean", "10-20", "30-40", "40-50", "50-60", "center25"}
+KEYS = {"clean", "10-20", "30-40", "40-50", "50-60", "center25", "textured"}  # the paper's six + textured
 METHODS = {"MobileNet-L", "FAN*", "ESR*", "dlib-pretrained"}
 RUNS = ["full", "no-SE", "full-seed1"]  # two of train.model.ABLATIONS and a second seed of the control
 

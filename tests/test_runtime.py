@@ -139,7 +139,8 @@ def test_runtime_preprocessing_equals_training_and_evaluation(small_faces, tmp_c
         _, by_cond = occluded_crops(small_faces, face, None, ["clean"], 0)
         assert np.array_equal(to_input(by_cond["clean"][2]), x)  # evaluation: bit for bit
         i = cache.paths.index(face.path)
-        crop, target = sample(cache, i, None, augment=False, mask=None)
+        s = sample(cache, i, None, augment=False, mask=None)
+        crop, target = s["crop"], s["landmarks"]
         # training goes through the cache (one more resampling): same framing, nearly the same pixels
         assert np.abs(to_input(crop) - x).mean() < 0.05
         assert np.abs(target - image_to_target(face.landmarks, crop_matrix(face.box))).max() * 256 < 0.5

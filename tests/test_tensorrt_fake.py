@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from tests.fake_tensorrt import (GENERATIONS, PLAN_MAGIC, TIMING_MAGIC, expected_output, install, synthetic_faces,
-                                 tiny_onnx)
+from tests.fake_tensorrt import (GENERATIONS, PLAN_MAGIC, TIMING_MAGIC, expected_output, expected_outputs, install,
+                                 synthetic_faces, tiny_onnx)
 
 GENS = list(GENERATIONS)
 CHW = (3, 256, 256)
@@ -285,11 +285,13 @@ def test_backend_runs_and_splits_batches(monkeypatch, engine, gen):
     backend = TensorRTBackend(engine(batch=(1, 4, 8)))
     assert (backend.name, backend.precision, backend.max_batch) == ("tensorrt", "fp32", 8)
     x = np.random.default_rng(0).normal(size=(19, *CHW)).astype(np.float32)
-    y = backend.run(x)
+    out = backend.run(x)
+    assert list(out) == ["landmarks"] and backend.outputs == ("landmarks",)
+    y = out["landmarks"]
     assert y.shape == (19, 68, 2) and y.dtype == np.float32
     np.testing.assert_allclose(y, expected_output(x), rtol=1e-5, atol=1e-6)
     assert [c[1] for c in fake.named("execute_async_v3")] == [shape(8), shape(8), shape(3)]
-    y2 = backend.run(x[:2])
+    y2 = backend.run(x[:2])["landmarks"]
     np.testing.assert_allclose(y2, expected_output(x[:2]), rtol=1e-5, atol=1e-6)
     # buffers allocated once, for the profile's max batch: pinned host in/out and device in/out
     assert fake.named("pagelocked_empty") == [(shape(8), "float32"), ((8, 68, 2), "float32")]
@@ -307,13 +309,35 @@ def test_backend_runs_and_splits_batches(monkeypatch, engine, gen):
     assert len(fake.named("free")) == 2 and len(fake.named("ctx_push")) == len(fake.named("ctx_pop"))
 
 
+@pytest.mark.parametrize("gen", GENS)
+def test_backend_returns_the_three_outputs_of_a_model_with_heads(monkeypatch, tmp_path, gen):
+    from runtime.tensorrt_backend import TensorRTBackend
+
+    fake = install(monkeypatch, gen)
+    onnx_path = tiny_onnx(tmp_path / "heads.onnx", heads=True)
+    build(tmp_path, onnx_path, batch=(1, 4, 8), force=True)
+    backend = TensorRTBackend(tmp_path / "model.engine")
+    assert backend.outputs == ("landmarks", "visibility", "face_score")
+    x = np.random.default_rng(0).normal(size=(11, *CHW)).astype(np.float32)
+    out = backend.run(x)
+    assert {k: v.shape for k, v in out.items()} == {"landmarks": (11, 68, 2), "visibility": (11, 68),
+                                                     "face_score": (11,)}
+    for name, want in expected_outputs(x, backend.outputs).items():
+        np.testing.assert_allclose(out[name], want, rtol=1e-5, atol=1e-6)
+    # one pinned host and one device buffer per output, each bound to its tensor
+    assert fake.named("pagelocked_empty")[1:] == [((8, 68, 2), "float32"), ((8, 68), "float32"), ((8,), "float32")]
+    assert [c[0] for c in fake.named("set_tensor_address")] == ["input", "landmarks", "visibility", "face_score"]
+    backend.close()
+    assert len(fake.named("free")) == 4
+
+
 def test_backend_pads_up_to_the_profile_minimum(monkeypatch, engine):
     from runtime.tensorrt_backend import TensorRTBackend
 
     fake = install(monkeypatch, "10.x")
     backend = TensorRTBackend(engine(batch=(2, 4, 4)))
     x = np.full((1, *CHW), 0.5, np.float32)
-    y = backend.run(x)
+    y = backend.run(x)["landmarks"]
     assert y.shape == (1, 68, 2)
     np.testing.assert_allclose(y, expected_output(x), rtol=1e-6)
     assert fake.named("set_input_shape")[-1] == ("input", shape(2))

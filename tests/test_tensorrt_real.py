@@ -38,7 +38,7 @@ def build_and_run(tmp_path, precision, onnx_precision=None, **kw):
     x = np.random.default_rng(1).normal(0.2, 1.0, (11, 3, 256, 256)).astype(np.float32)
     with TensorRTBackend(out) as backend:
         assert (backend.precision, backend.max_batch) == (precision, 8)
-        y = backend.run(x)
+        y = backend.run(x)["landmarks"]
     assert y.shape == (11, 68, 2) and y.dtype == np.float32 and np.isfinite(y).all()
     return sidecar, y, tiny_reference(x)
 

@@ -11,6 +11,7 @@ from tests.conftest import ROOT, needs_dlib
 
 @needs_dlib
 def test_short_training_run_loss_falls_and_resumes(small_faces, tmp_cache, tmp_path):
+    """The shipped model (landmarks, visibility and face-score heads) with the shipped recipe."""
     from train import checkpoint
     from train.train import main
 
@@ -19,12 +20,16 @@ def test_short_training_run_loss_falls_and_resumes(small_faces, tmp_cache, tmp_p
     result = main(args + ["--epochs", "4"])
     losses = [h["train_loss"] for h in result["history"]]
     assert len(losses) == 4
-    assert losses[-1] < 0.7 * losses[0], losses
+    # the Wing loss is log-shaped, so it falls less in ratio than L1 did (0.70 of the first epoch's here)
+    assert losses[-1] < 0.8 * losses[0], losses
+    val = result["history"][-1]["val_nmse"]
+    assert {"visibility_auc", "face_score_auc"} <= set(val)
     for name in ("best.pt", "last.pt"):
         state = torch.load(out / name, weights_only=True)  # the format later stages rely on
         assert state["config"]["input_size"] == 256 and state["preprocess"]["version"]
         assert state["schema"]["num_landmarks"] == 68
-    assert checkpoint.load_model(out / "best.pt").fc.out_features == 136
+    model = checkpoint.load_model(out / "best.pt")
+    assert model.fc.out_features == 136 and model.config.heads and state["recipe"]["labels"] == "average"
 
     resumed = main(args + ["--epochs", "5", "--resume"])
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]

@@ -5,6 +5,10 @@
 Writes ``labels.json`` (box + 68 points per image) and ``report.txt`` (images that
 could not be labelled, with the reason) into the folder's cache directory.
 Re-runs only label images that are new or whose bytes changed.
+
+Each entry also holds ``mirrored``: the predictor's points on the horizontally flipped image
+(same box, flipped), flipped back and renamed. Where the teacher is consistent the two agree;
+how far apart they are is a measure of the label's quality (training may average, weight or drop).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from tqdm import tqdm
 from runtime.faces import dlib_boxes, dlib_shape_predictor_path
 from runtime.files import atomic_write_bytes, sha1_file
 from runtime.preprocess import ImageError, read_image
+from runtime.schema import MIRROR
 
 from .data import DEFAULT_FACES, labels_path, read_split
 
@@ -44,6 +49,14 @@ class Teacher:
         shape = self.predictor(rgb, dlib.rectangle(*(int(round(v)) for v in box)))
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
 
+    def mirrored(self, image_bgr: np.ndarray, box) -> np.ndarray:
+        """The prediction on the flipped image (box flipped too), mapped back and renamed."""
+        w = image_bgr.shape[1]
+        x0, y0, x1, y1 = box
+        pts = self.landmarks(np.ascontiguousarray(image_bgr[:, ::-1]), (w - 1 - x1, y0, w - 1 - x0, y1))
+        pts[:, 0] = w - 1 - pts[:, 0]
+        return pts[MIRROR]
+
     def label(self, image_bgr: np.ndarray):
         """(box, landmarks) of the largest face, or None when there is no face."""
         boxes = dlib_boxes(image_bgr)
@@ -61,20 +74,21 @@ def _init_worker() -> None:
     _teacher = Teacher()
 
 
-def _label_one(job: tuple[str, str, str]) -> tuple[str, str, dict]:
-    rel, full, sha = job
+def _label_one(job: tuple[str, str, str, dict | None]) -> tuple[str, str, dict]:
+    """Label one image; ``known`` (an entry whose bytes are unchanged) only gets its mirrored points."""
+    rel, full, sha, known = job
     try:
         image = read_image(full)
     except ImageError as e:
         return rel, "failed", {"sha1": sha, "reason": str(e)}
-    result = _teacher.label(image)
-    if result is None:
-        return rel, "failed", {"sha1": sha, "reason": "no face found by the teacher detector"}
-    box, pts = result
-    return rel, "ok", {
-        "sha1": sha, "size": [int(image.shape[1]), int(image.shape[0])],
-        "box": [float(v) for v in box], "landmarks": np.round(pts, 2).tolist(),
-    }
+    if known is None:
+        result = _teacher.label(image)
+        if result is None:
+            return rel, "failed", {"sha1": sha, "reason": "no face found by the teacher detector"}
+        box, pts = result
+        known = {"sha1": sha, "size": [int(image.shape[1]), int(image.shape[0])],
+                 "box": [float(v) for v in box], "landmarks": np.round(pts, 2).tolist()}
+    return rel, "ok", {**known, "mirrored": np.round(_teacher.mirrored(image, known["box"]), 2).tolist()}
 
 
 def annotate(faces_dir: Path, split: str | None = None, workers: int = 2, out: Path | None = None) -> Path:
@@ -89,7 +103,9 @@ def annotate(faces_dir: Path, split: str | None = None, workers: int = 2, out: P
         sha = sha1_file(faces_dir / rel)
         known = entries.get(rel) or failed.get(rel)
         if known is None or known["sha1"] != sha:
-            jobs.append((rel, str(faces_dir / rel), sha))
+            jobs.append((rel, str(faces_dir / rel), sha, None))
+        elif rel in entries and "mirrored" not in known:  # labelled before mirrored points existed
+            jobs.append((rel, str(faces_dir / rel), sha, known))
     print(f"{faces_dir}: {len(paths)} images ({split or 'all'}), {len(paths) - len(jobs)} already labelled, "
           f"{len(jobs)} to label", file=sys.stderr)
     if jobs:

@@ -64,6 +64,8 @@ class Labels:
     paths: list[str]
     boxes: np.ndarray  # (N, 4) float32 x0, y0, x1, y1
     landmarks: np.ndarray  # (N, 68, 2) float32 image pixels
+    mirrored: np.ndarray  # (N, 68, 2) the teacher on the flipped image, mapped back (train.annotate)
+    sizes: np.ndarray  # (N, 2) image width, height
 
     def index(self) -> dict[str, int]:
         return {p: i for i, p in enumerate(self.paths)}
@@ -71,7 +73,8 @@ class Labels:
     def subset(self, paths: list[str]) -> "Labels":
         idx = self.index()
         keep = [idx[p] for p in paths if p in idx]
-        return Labels([self.paths[i] for i in keep], self.boxes[keep], self.landmarks[keep])
+        return Labels([self.paths[i] for i in keep], self.boxes[keep], self.landmarks[keep], self.mirrored[keep],
+                      self.sizes[keep])
 
 
 def load_labels(faces_dir: Path, paths: list[str] | None = None, labels_file: Path | None = None) -> Labels:
@@ -84,8 +87,11 @@ def load_labels(faces_dir: Path, paths: list[str] | None = None, labels_file: Pa
     doc = json.loads(labels_file.read_text())
     entries = doc["entries"]
     names = [p for p in (paths if paths is not None else sorted(entries)) if p in entries]
+    found = [entries[p] for p in names]
     return Labels(
         names,
-        np.array([entries[p]["box"] for p in names], dtype=np.float32).reshape(-1, 4),
-        np.array([entries[p]["landmarks"] for p in names], dtype=np.float32).reshape(-1, 68, 2),
+        np.array([e["box"] for e in found], dtype=np.float32).reshape(-1, 4),
+        np.array([e["landmarks"] for e in found], dtype=np.float32).reshape(-1, 68, 2),
+        np.array([e.get("mirrored", e["landmarks"]) for e in found], dtype=np.float32).reshape(-1, 68, 2),
+        np.array([e["size"] for e in found], dtype=np.float32).reshape(-1, 2),
     )

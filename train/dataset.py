@@ -1,9 +1,15 @@
-"""Training/validation samples: crops decoded once into a cache, then jittered and occluded on the fly."""
+"""Training/validation samples: crops decoded once into a cache, then jittered and occluded on the fly.
+
+A sample is a dict: ``x`` (network input), ``landmarks`` (target), ``weight`` (per-landmark loss
+weight), ``visibility`` (1 = the point's pixel is seen) and ``face`` (1 = a face framed as in training,
+0 = a face_score negative). What a training run does to its samples is its Recipe.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,28 +17,65 @@ import torch
 from tqdm import tqdm
 
 from runtime.files import atomic_write_bytes
+from runtime.metrics import nmse_per_face
 from runtime.preprocess import (
     INPUT_SIZE, PREPROCESS_VERSION, ImageError, box_in_crop, crop_matrix, image_to_target, occlude, read_image,
     to_input, warp,
 )
 from runtime.schema import MIRROR
 
+from .augment import negative_matrix, photometric, texture
 from .data import Labels, cache_dir
-from .occlusion import random_training_mask
+from .occlusion import center_mask, random_training_mask
 
 # The cache holds each face at the canonical framing plus a margin for jitter, at 1.25x the input size.
 CACHE_MARGIN = 1.25
 CACHE_SIZE = int(INPUT_SIZE * CACHE_MARGIN)
+CACHE_VERSION = 2  # 2: mirrored teacher points and per-point "inside the image" flags
 # In cache coordinates every face box is the same: centred, BOX_SCALE * side = INPUT_SIZE.
 CACHE_BOX = box_in_crop(CACHE_SIZE, CACHE_MARGIN)
 
+LABEL_MODES = ("raw", "average", "down", "drop")
+# Teacher self-disagreement (NMSE % between its points on the image and on the mirrored image) above
+# which a label counts as doubtful (about the worst 4 % of training faces; "down" halves its weight at this
+# value, "drop" drops it).
+DOUBTFUL_LABEL_NMSE = 4.0
+OUTSIDE_WEIGHT = 0.25  # "down": weight of points the teacher placed outside the image (cut-off jaws)
+MAX_OUTSIDE_POINTS = 6  # "drop": faces with more points outside the image than this are dropped
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What training does to its samples; stored in checkpoints. Defaults are the shipped recipe."""
+
+    photometric: float = 0.7  # share of samples degraded (train.augment.photometric)
+    textured: float = 0.5  # share of occluded samples whose holes are filled with texture instead of black
+    labels: str = "average"  # one of LABEL_MODES: what to do with doubtful teacher labels
+    negatives: float = 0.15  # share of face_score negatives (only for models with heads)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# What training did before the recipe existed (checkpoints without one were trained like this).
+LEGACY_RECIPE = Recipe(photometric=0.0, textured=0.0, labels="raw", negatives=0.0)
+
+
+def label_disagreement(landmarks: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """Per face, NMSE (%) between the teacher's direct and mirrored-back points."""
+    return nmse_per_face(mirrored, landmarks)
+
 
 class CropCache:
-    """uint8 BGR crops (N, CACHE_SIZE, CACHE_SIZE, 3) in a memory-mapped .npy plus landmarks in cache pixels."""
+    """uint8 BGR crops (N, CACHE_SIZE, CACHE_SIZE, 3) in a memory-mapped .npy plus landmarks in cache pixels.
+
+    Also per face: the teacher's mirrored-back points (cache pixels) and which points lie inside the image.
+    """
 
     def __init__(self, faces_dir: Path, labels: Labels, tag: str):
         key = hashlib.sha1(json.dumps(
-            [PREPROCESS_VERSION, CACHE_SIZE, labels.paths, labels.boxes.round(2).tolist()]).encode()).hexdigest()[:12]
+            [PREPROCESS_VERSION, CACHE_VERSION, CACHE_SIZE, labels.paths, labels.boxes.round(2).tolist(),
+             float(labels.mirrored.sum())]).encode()).hexdigest()[:12]
         base = cache_dir(faces_dir) / f"crops-{tag}-{key}"
         self.npy, self.meta = base.with_suffix(".npy"), base.with_suffix(".json")
         if not (self.npy.exists() and self.meta.exists()):
@@ -40,6 +83,8 @@ class CropCache:
         meta = json.loads(self.meta.read_text())
         self.paths: list[str] = meta["paths"]
         self.landmarks = np.array(meta["landmarks"], dtype=np.float32)
+        self.mirrored = np.array(meta["mirrored"], dtype=np.float32)
+        self.inside = np.array(meta["inside"], dtype=bool)
         self.images = np.load(self.npy, mmap_mode="r")
 
     def _build(self, faces_dir: Path, labels: Labels) -> None:
@@ -47,7 +92,7 @@ class CropCache:
         self.npy.parent.mkdir(parents=True, exist_ok=True)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                         shape=(len(labels.paths), CACHE_SIZE, CACHE_SIZE, 3))
-        landmarks = []
+        landmarks, mirrored = [], []
         for i, rel in enumerate(tqdm(labels.paths, desc=f"caching {self.npy.stem}", unit="img")):
             try:
                 image = read_image(faces_dir / rel)
@@ -57,19 +102,59 @@ class CropCache:
             m = crop_matrix(labels.boxes[i], size=CACHE_SIZE, scale=CACHE_MARGIN)
             out[i] = warp(image, m, CACHE_SIZE)
             landmarks.append(image_to_target(labels.landmarks[i], m) * INPUT_SIZE)
+            mirrored.append(image_to_target(labels.mirrored[i], m) * INPUT_SIZE)
         out.flush()
         del out
         os.replace(tmp, self.npy)
+        size = labels.sizes[:, None, :]
+        inside = ((labels.landmarks >= 0) & (labels.landmarks <= size - 1)).all(-1)
         atomic_write_bytes(self.meta, json.dumps(
-            {"paths": labels.paths, "landmarks": np.round(np.array(landmarks).reshape(-1, 68, 2), 3).tolist()}).encode())
+            {"paths": labels.paths, "landmarks": np.round(np.array(landmarks).reshape(-1, 68, 2), 3).tolist(),
+             "mirrored": np.round(np.array(mirrored).reshape(-1, 68, 2), 3).tolist(),
+             "inside": inside.astype(int).tolist()}).encode())
 
     def __len__(self) -> int:
         return len(self.paths)
 
 
+def visible_points(target: np.ndarray, mask: np.ndarray | None, inside: np.ndarray) -> np.ndarray:
+    """1.0 where a point is seen: inside the crop, inside the source image and not under a hole of the mask.
+
+    ``target``: (68, 2) normalised crop coordinates; ``mask``: HxW, 1 = kept (None = no occlusion).
+    """
+    px = np.floor(np.asarray(target) * INPUT_SIZE).astype(int)
+    in_crop = ((px >= 0) & (px < INPUT_SIZE)).all(-1)
+    seen = in_crop & np.asarray(inside, bool)
+    if mask is not None:
+        xy = np.clip(px, 0, INPUT_SIZE - 1)
+        seen &= mask[xy[:, 1], xy[:, 0]] > 0.5
+    return seen.astype(np.float32)
+
+
+def label_target(cache: CropCache, i: int, labels: str) -> tuple[np.ndarray, np.ndarray]:
+    """(landmarks in cache pixels, per-point weight) of face i under a label mode of LABEL_MODES."""
+    direct, weight = cache.landmarks[i], np.ones(68, np.float32)
+    if labels == "raw":
+        return direct, weight
+    if labels == "average":
+        return (direct + cache.mirrored[i]) / 2, weight
+    doubt = float(label_disagreement(direct, cache.mirrored[i]))
+    outside = ~cache.inside[i]
+    if labels == "down":
+        weight = np.where(outside, OUTSIDE_WEIGHT, 1.0).astype(np.float32) / (1 + (doubt / DOUBTFUL_LABEL_NMSE) ** 2)
+        return direct, weight
+    if labels == "drop":
+        keep = doubt <= DOUBTFUL_LABEL_NMSE and outside.sum() <= MAX_OUTSIDE_POINTS
+        return direct, weight * float(keep)
+    raise ValueError(f"unknown label mode {labels!r}: use one of {', '.join(LABEL_MODES)}")
+
+
 def sample(cache: CropCache, i: int, rng: np.random.Generator | None, augment: bool,
-           mask: np.ndarray | None | str = "random") -> tuple[np.ndarray, np.ndarray]:
-    """One (uint8 256x256 crop, normalised target) from the cache; jitter and mask when asked."""
+           mask: np.ndarray | None | str = "random", recipe: Recipe = LEGACY_RECIPE, fill: np.ndarray | None = None):
+    """One face of the cache as a dict (see the module doc) with a uint8 ``crop`` instead of ``x``.
+
+    ``mask="random"`` draws a training mask (none without ``rng``); ``fill`` is the texture for the holes.
+    """
     if augment:
         m = crop_matrix(CACHE_BOX, INPUT_SIZE, scale=float(np.exp(rng.uniform(-0.2, 0.2))),
                         rotation_deg=float(rng.uniform(-15, 15)),
@@ -78,43 +163,87 @@ def sample(cache: CropCache, i: int, rng: np.random.Generator | None, augment: b
     else:
         m = crop_matrix(CACHE_BOX, INPUT_SIZE)
     crop = warp(np.asarray(cache.images[i]), m, INPUT_SIZE)
-    target = image_to_target(cache.landmarks[i], m)
+    points, weight = label_target(cache, i, recipe.labels)
+    target, inside = image_to_target(points, m), cache.inside[i]
     if m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0] < 0:  # mirrored: left and right points swap names
-        target = target[MIRROR]
+        target, weight, inside = target[MIRROR], weight[MIRROR], inside[MIRROR]
     if isinstance(mask, str):
         mask = random_training_mask(rng) if rng is not None else None
-    return occlude(crop, mask), target
+    if augment and recipe.photometric and rng.random() < recipe.photometric:
+        crop = photometric(crop, rng)
+    if augment and mask is not None and fill is None and rng.random() < recipe.textured:
+        fill = texture(rng, INPUT_SIZE, np.asarray(cache.images[int(rng.integers(len(cache)))]))
+    return {"crop": occlude(crop, mask, fill), "landmarks": target, "weight": weight,
+            "visibility": visible_points(target, mask, inside), "face": np.float32(1.0)}
+
+
+def negative_sample(cache: CropCache, i: int, rng: np.random.Generator, recipe: Recipe) -> dict:
+    """A face_score negative from face i: framed far off the face, or a background texture."""
+    if rng.random() < 0.2:
+        crop = texture(rng, INPUT_SIZE, np.asarray(cache.images[int(rng.integers(len(cache)))]))
+    else:
+        crop = warp(np.asarray(cache.images[i]), negative_matrix(CACHE_BOX, rng, INPUT_SIZE), INPUT_SIZE)
+    if recipe.photometric and rng.random() < recipe.photometric:
+        crop = photometric(crop, rng)
+    zeros = np.zeros(68, np.float32)
+    return {"crop": crop, "landmarks": np.full((68, 2), 0.5, np.float32), "weight": zeros, "visibility": zeros,
+            "face": np.float32(0.0)}
+
+
+def _tensors(s: dict) -> dict:
+    crop = s.pop("crop")
+    return {"x": torch.from_numpy(to_input(crop)[0]), **{k: torch.as_tensor(v) for k, v in s.items()}}
 
 
 class TrainSet(torch.utils.data.Dataset):
-    """Jittered, randomly occluded samples; the random stream depends on (seed, epoch, index) only."""
+    """Jittered, randomly occluded samples; the random stream depends on (seed, epoch, index) only.
 
-    def __init__(self, cache: CropCache, seed: int):
-        self.cache, self.seed, self.epoch = cache, seed, 0
+    ``negatives``: whether to mix in face_score negatives (the recipe's share), for models with heads.
+    """
+
+    def __init__(self, cache: CropCache, seed: int, recipe: Recipe = Recipe(), negatives: bool = True):
+        self.cache, self.seed, self.epoch, self.recipe, self.negatives = cache, seed, 0, recipe, negatives
 
     def __len__(self) -> int:
         return len(self.cache)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        crop, target = sample(self.cache, i, rng, augment=True)
-        return torch.from_numpy(to_input(crop)[0]), torch.from_numpy(target)
+        if self.negatives and rng.random() < self.recipe.negatives:
+            return _tensors(negative_sample(self.cache, i, rng, self.recipe))
+        return _tensors(sample(self.cache, i, rng, augment=True, recipe=self.recipe))
 
 
-def validation_batches(cache: CropCache, seed: int = 1234) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Fixed validation inputs: each face clean, under the centre square and under two seeded synthetic masks.
+VALIDATION_KINDS = ("clean", "center25", "synthetic", "textured", "degraded")
+
+
+def validation_batches(cache: CropCache, seed: int = 1234) -> dict[str, np.ndarray]:
+    """Fixed validation samples, stacked: each face clean, under the centre square, under two seeded
+    synthetic masks (black), one textured mask and photometrically degraded; plus one negative per face.
 
     The Liu et al. masks are kept for the final evaluation, so model selection never sees them.
+    Returns arrays ``x``, ``landmarks``, ``visibility``, ``face`` and ``kind`` (one of VALIDATION_KINDS,
+    or "negative").
     """
-    from .occlusion import center_mask
+    out: dict[str, list] = {k: [] for k in ("x", "landmarks", "visibility", "face", "kind")}
 
-    xs, ys, kinds = [], [], []
+    def add(s: dict, kind: str) -> None:
+        out["x"].append(to_input(s["crop"])[0])
+        for k in ("landmarks", "visibility", "face"):
+            out[k].append(s[k])
+        out["kind"].append(kind)
+
     for i in range(len(cache)):
         rng = np.random.default_rng([seed, i])
-        for kind, mask in (("clean", None), ("center25", center_mask()),
-                           ("synthetic", random_training_mask(rng)), ("synthetic", random_training_mask(rng))):
-            crop, target = sample(cache, i, None, augment=False, mask=mask)
-            xs.append(to_input(crop)[0])
-            ys.append(target)
-            kinds.append(kind)
-    return np.stack(xs), np.stack(ys), kinds
+        add(sample(cache, i, None, augment=False, mask=None), "clean")
+        add(sample(cache, i, None, augment=False, mask=center_mask()), "center25")
+        for _ in range(2):
+            add(sample(cache, i, None, augment=False, mask=random_training_mask(rng)), "synthetic")
+        mask = random_training_mask(rng)
+        other = np.asarray(cache.images[int(rng.integers(len(cache)))])
+        add(sample(cache, i, None, augment=False, mask=mask, fill=texture(rng, INPUT_SIZE, other)), "textured")
+        s = sample(cache, i, None, augment=False, mask=None)
+        s["crop"] = photometric(s["crop"], rng)
+        add(s, "degraded")
+        add(negative_sample(cache, i, rng, LEGACY_RECIPE), "negative")
+    return {k: np.stack(v) if k != "kind" else np.array(v) for k, v in out.items()}

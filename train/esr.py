@@ -47,9 +47,9 @@ def training_faces(faces_dir: Path, limit: int | None = None, seed: int = 0) -> 
     crops, points = [], []
     for i in np.linspace(0, len(cache) - 1, n).astype(int):  # distinct indices, since n <= len(cache)
         # augment=False: the canonical crop (dlib gets the box, so no jitter) plus a random training mask
-        crop, target = sample(cache, int(i), np.random.default_rng([seed, int(i)]), augment=False)
-        crops.append(crop)
-        points.append(target * INPUT_SIZE)
+        s = sample(cache, int(i), np.random.default_rng([seed, int(i)]), augment=False)
+        crops.append(s["crop"])
+        points.append(s["landmarks"] * INPUT_SIZE)
     return np.stack(crops), np.stack(points)
 
 

@@ -6,6 +6,11 @@
 Each face is cropped from its teacher box (found on the clean image), the mask is
 applied to the 256x256 crop, and predictions are mapped back to image pixels.
 The mask for each (face, bin) is fixed by --seed, so runs and models are comparable.
+
+Beyond the paper: a ``textured`` condition (the 30-40 % masks filled with texture), and for models
+with heads the visibility quality per condition (ROC AUC and accuracy at 0.5; ground truth: the
+mask at the teacher's landmark, and whether the point lies in the crop and the image) and the face
+score's AUC against negatives made from the same test faces (crops far off the face, background).
 """
 from __future__ import annotations
 
@@ -21,16 +26,21 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.files import atomic_write_bytes
-from runtime.metrics import nmse_per_face
-from runtime.preprocess import crop_matrix, occlude, output_to_image, read_image, warp
+from runtime.backends import OUTPUTS
+from runtime.metrics import nmse_per_face, roc_auc
+from runtime.preprocess import INPUT_SIZE, crop_matrix, image_to_target, occlude, output_to_image, read_image, warp
 
 from .annotate import annotate
+from .augment import negative_matrix, texture
 from .data import DEFAULT_FACES, DEFAULT_MASKS, labels_path, load_labels, read_split
-from .occlusion import CONDITIONS, eval_mask
+from .dataset import visible_points
+from .occlusion import EVAL_CONDITIONS, TEXTURED, eval_mask
 from .pose import SIDE_YAW_DEG, yaw_degrees
 
-# Predictor: uint8 BGR crops (N, 256, 256, 3) -> normalised landmarks (N, 68, 2).
-Predictor = Callable[[np.ndarray], np.ndarray]
+# Predictor: uint8 BGR crops (N, 256, 256, 3) -> normalised landmarks (N, 68, 2), or a dict of outputs
+# named as runtime.backends.OUTPUTS (landmarks, and visibility / face_score for models with heads).
+Predictor = Callable[[np.ndarray], "np.ndarray | dict[str, np.ndarray]"]
+VISIBLE = 0.5  # the visibility probability from which a point counts as visible
 
 # The paper's numbers (Pang et al. 2025, as summarised in PAPER.md), all in this one place.
 PAPER = {  # MobileNet-L, NMSE %: Tables 3 (frontal) and 4 (side)
@@ -57,6 +67,7 @@ class Face:
     box: np.ndarray
     landmarks: np.ndarray
     yaw: float
+    size: tuple[int, int] = (0, 0)  # image width, height
 
 
 def load_faces(faces_dir: Path, split: str, limit: int | None = None) -> list[Face]:
@@ -71,20 +82,48 @@ def load_faces(faces_dir: Path, split: str, limit: int | None = None) -> list[Fa
     if len(labelled.paths) < len(paths):
         print(f"note: {len(paths) - len(labelled.paths)} of {len(paths)} {split} images have no teacher label "
               f"(see the annotate report) and are not evaluated", file=sys.stderr)
-    faces = [Face(p, b, l, yaw_degrees(l)) for p, b, l in zip(labelled.paths, labelled.boxes, labelled.landmarks)]
+    faces = [Face(p, b, l, yaw_degrees(l), (int(s[0]), int(s[1])))
+             for p, b, l, s in zip(labelled.paths, labelled.boxes, labelled.landmarks, labelled.sizes)]
     return faces[:limit]
 
 
-def occluded_crops(faces_dir: Path, face: Face, masks_dir: Path | None, conditions, seed: int):
-    """(crop matrix, {condition: (mask id, mask or None, occluded uint8 crop)}) for one face."""
+def occluded_crops(faces_dir: Path, face: Face, masks_dir: Path | None, conditions, seed: int,
+                   texture_source: np.ndarray | None = None):
+    """(crop matrix, {condition: (mask id, mask or None, occluded uint8 crop)}) for one face.
+
+    ``texture_source``: the image whose patches may fill the textured condition's holes (another face).
+    """
     image = read_image(Path(faces_dir) / face.path)
     m = crop_matrix(face.box)
     crop = warp(image, m)
     out = {}
     for cond in conditions:
         mask_id, mask = eval_mask(cond, masks_dir, face.path, seed)
-        out[cond] = (mask_id, mask, occlude(crop, mask))
+        fill = None
+        if cond == TEXTURED:
+            fill = texture(np.random.default_rng([seed, 7, *face.path.encode()]), INPUT_SIZE, texture_source)
+        out[cond] = (mask_id, mask, occlude(crop, mask, fill))
     return m, out
+
+
+def negative_crop(faces_dir: Path, face: Face, seed: int, texture_source: np.ndarray | None = None) -> np.ndarray:
+    """A face_score negative made from a test face as training makes them: framed far off the face, or
+    (one in five) a background texture."""
+    rng = np.random.default_rng([seed, 99, *face.path.encode()])
+    if rng.random() < 0.2:
+        return texture(rng, INPUT_SIZE, texture_source)
+    return warp(read_image(Path(faces_dir) / face.path), negative_matrix(face.box, rng, INPUT_SIZE))
+
+
+def as_outputs(pred) -> dict[str, np.ndarray]:
+    return pred if isinstance(pred, dict) else {"landmarks": pred}
+
+
+def visibility_truth(face: Face, matrix: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """(68,) 1 = the teacher's point is seen: in the crop, in the image and not under the mask."""
+    w, h = face.size
+    inside = ((face.landmarks >= 0) & (face.landmarks <= np.array([w - 1, h - 1]))).all(-1)
+    return visible_points(image_to_target(face.landmarks, matrix), mask, inside)
 
 
 def summarise(per_face: dict[str, np.ndarray], yaws: np.ndarray, threshold: float) -> dict:
@@ -99,26 +138,68 @@ def summarise(per_face: dict[str, np.ndarray], yaws: np.ndarray, threshold: floa
 
 def evaluate(predict: Predictor, faces_dir: Path, masks_dir: Path | None, split: str = "test",
              limit: int | None = None, seed: int = 0, batch: int = 64,
-             conditions=CONDITIONS, threshold: float = SIDE_YAW_DEG) -> tuple[dict, dict]:
-    """Run the protocol with any predictor; returns (summary, per-face NMSE arrays by condition)."""
+             conditions=EVAL_CONDITIONS, threshold: float = SIDE_YAW_DEG) -> tuple[dict, dict]:
+    """Run the protocol with any predictor; returns (summary, per-face NMSE arrays by condition).
+
+    For a predictor with heads the summary also holds ``visibility`` (per condition: ROC AUC and accuracy
+    at 0.5 over every point of every face) and ``face_score`` (per condition: ROC AUC of that condition's
+    crops against one negative per face).
+    """
     faces = load_faces(faces_dir, split, limit)
     per_face = {c: np.zeros(len(faces)) for c in conditions}
+    vis_pred = {c: [] for c in conditions}
+    vis_true = {c: [] for c in conditions}
+    scores = {c: [] for c in conditions}
+    negative_scores: list[np.ndarray] = []
     for start in tqdm(range(0, len(faces), batch), desc="evaluating", unit="batch"):
         chunk = faces[start:start + batch]
-        mats, crops, keys = [], [], []
-        for face in chunk:
-            m, by_cond = occluded_crops(faces_dir, face, masks_dir, conditions, seed)
+        mats, crops, truth, negatives = [], [], [], []
+        for j, face in enumerate(chunk):
+            other = faces[(start + j + 1) % len(faces)]  # texture for the holes: another face of the split
+            source = read_image(Path(faces_dir) / other.path)
+            m, by_cond = occluded_crops(faces_dir, face, masks_dir, conditions, seed, source)
             mats.append(m)
             for cond in conditions:
                 crops.append(by_cond[cond][2])
-                keys.append(cond)
-        preds = predict(np.stack(crops)).reshape(len(chunk), len(conditions), 68, 2)
+                truth.append(visibility_truth(face, m, by_cond[cond][1]))
+            negatives.append(negative_crop(faces_dir, face, seed, source))
+        out = as_outputs(predict(np.stack(crops + negatives)))
+        n = len(crops)
+        preds = out["landmarks"][:n].reshape(len(chunk), len(conditions), 68, 2)
         for j, face in enumerate(chunk):
             for k, cond in enumerate(conditions):
                 pts = output_to_image(preds[j, k], mats[j])
                 per_face[cond][start + j] = nmse_per_face(pts, face.landmarks)
+        if "visibility" in out:
+            vis = out["visibility"][:n].reshape(len(chunk), len(conditions), 68)
+            score = out["face_score"][:n].reshape(len(chunk), len(conditions))
+            true = np.stack(truth).reshape(len(chunk), len(conditions), 68)
+            for k, cond in enumerate(conditions):
+                vis_pred[cond].append(vis[:, k])
+                vis_true[cond].append(true[:, k])
+                scores[cond].append(score[:, k])
+            negative_scores.append(out["face_score"][n:])
     yaws = np.array([f.yaw for f in faces])
-    return summarise(per_face, yaws, threshold), per_face
+    summary = summarise(per_face, yaws, threshold)
+    if negative_scores:
+        summary |= heads_summary(vis_pred, vis_true, scores, np.concatenate(negative_scores))
+    return summary, per_face
+
+
+def heads_summary(vis_pred: dict, vis_true: dict, scores: dict, negative_scores: np.ndarray) -> dict:
+    """Visibility AUC / accuracy and face-score AUC per condition (NaN AUC, e.g. nothing hidden: None)."""
+    def finite(v: float):
+        return v if np.isfinite(v) else None
+
+    visibility, face = {}, {}
+    for cond in vis_pred:
+        p, t = np.concatenate(vis_pred[cond]).ravel(), np.concatenate(vis_true[cond]).ravel()
+        visibility[cond] = {"auc": finite(roc_auc(p, t)), "accuracy": float(((p >= VISIBLE) == (t > 0.5)).mean()),
+                            "hidden_share": float(1 - t.mean())}
+        pos = np.concatenate(scores[cond])
+        face[cond] = finite(roc_auc(np.concatenate([pos, negative_scores]),
+                                    np.r_[np.ones(len(pos)), np.zeros(len(negative_scores))]))
+    return {"visibility": visibility, "face_score_auc": face, "n_negatives": int(len(negative_scores))}
 
 
 def torch_predictor(model, batch: int = 8) -> Predictor:
@@ -132,9 +213,11 @@ def torch_predictor(model, batch: int = 8) -> Predictor:
     from runtime.preprocess import to_input
 
     @torch.no_grad()
-    def predict(crops: np.ndarray) -> np.ndarray:
-        return np.concatenate([model(torch.from_numpy(to_input(crops[i:i + batch]))).numpy()
-                               for i in range(0, len(crops), batch)])
+    def predict(crops: np.ndarray):
+        parts = [model(torch.from_numpy(to_input(crops[i:i + batch]))) for i in range(0, len(crops), batch)]
+        if not isinstance(parts[0], tuple):
+            return np.concatenate([p.numpy() for p in parts])
+        return {n: np.concatenate([p[k].numpy() for p in parts]) for k, n in enumerate(OUTPUTS)}
 
     return predict
 

@@ -38,6 +38,7 @@ from runtime.preprocess import INPUT_SIZE
 
 from . import checkpoint
 from .data import DEFAULT_FACES
+from .dataset import LEGACY_RECIPE
 from .evaluate import Predictor, torch_predictor
 from .model import count_flops, count_parameters
 from .train import learning_rate, record_epoch, training_data, validate
@@ -252,7 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     log = lambda *a: print(*a, file=sys.stderr)
 
-    train_set, (val_x, val_y, val_kinds) = training_data(args.faces, args.limit, args.val_limit, args.seed, log)
+    # FAN* keeps the recipe it was measured with (black occluders, raw labels, no negatives)
+    train_set, val = training_data(args.faces, args.limit, args.val_limit, args.seed, log, recipe=LEGACY_RECIPE,
+                                   negatives=False)
 
     start_epoch, history, best = 0, [], float("inf")
     last_path = args.out / "last.pt"
@@ -282,7 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
         model.train()
         t0, losses = time.time(), []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch")
-        for step, (x, y) in enumerate(bar):
+        for step, batch in enumerate(bar):
+            x, y = batch["x"], batch["landmarks"]
             lr = learning_rate(schedule, epoch + step / steps, args.epochs)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -292,8 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
             opt.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.2e}", lr=f"{lr:.1e}")
-        val = validate(FANLandmarks(model), val_x, val_y, val_kinds, batch=8)
-        best = record_epoch(args.out, model, FORMAT, opt, history, best, epoch, losses, val, t0, log,
+        scores = validate(FANLandmarks(model), val, batch=8)
+        best = record_epoch(args.out, model, FORMAT, opt, history, best, epoch, losses, scores, t0, log,
                             train_faces=len(train_set), args={k: str(v) for k, v in vars(args).items()})
     return {"history": history, "best_val_nmse": best}
 

@@ -6,7 +6,9 @@ GlobalAveragePool -> Conv -> ReLU -> Conv -> HardSigmoid -> Mul, so the ONNX
 graph holds only ops TensorRT fuses (no Shape/Gather/Reshape in the backbone).
 
 ModelConfig's switches (se, hard_swish, linear_bottleneck, residual) build the
-ablation variants of the paper's Figure 9; ABLATIONS names them.
+ablation variants of the paper's Figure 9; ABLATIONS names them. ``heads=True`` adds two
+small heads on the same S1/S2/S3 features: per-landmark visibility and a face score
+(MODELS["mobilenet_l"], what we ship); ``heads=False`` is the paper's 136-output network.
 """
 from __future__ import annotations
 
@@ -62,11 +64,19 @@ class ModelConfig:
     hard_swish: bool = True  # False: ReLU wherever Table 1 has hard-swish (stem, blocks, C2, S3 head)
     linear_bottleneck: bool = True  # False: the block's activation after its 1x1 projection too
     residual: bool = True  # False: no skip connections (plain bottlenecks)
+    # Visibility and face-score heads. Off is the paper's network; checkpoints written before the heads
+    # existed lack the key and so load as that.
+    heads: bool = False
+    vis_channels: int = 8  # the S1 map (8x8) reduced to this many channels feeds the visibility head
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+# The networks a run can train: ours (with heads) and the paper's (136 outputs, for the paper comparison).
+MODELS: dict[str, ModelConfig] = {"mobilenet_l": ModelConfig(heads=True), "paper": ModelConfig()}
+
+# Figure 9's variants, all of the paper's network.
 ABLATIONS: dict[str, ModelConfig] = {
     "full": ModelConfig(),
     "no-SE": ModelConfig(se=False),
@@ -77,8 +87,8 @@ ABLATIONS: dict[str, ModelConfig] = {
 
 
 def variant_name(config: ModelConfig) -> str:
-    """The ABLATIONS name of a config, or 'custom'."""
-    return next((name for name, c in ABLATIONS.items() if c == config), "custom")
+    """The MODELS or ABLATIONS name of a config, or 'custom'."""
+    return next((name for name, c in {**MODELS, **ABLATIONS}.items() if c == config), "custom")
 
 
 def _act(kind: str) -> nn.Module:
@@ -141,7 +151,11 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetL(nn.Module):
-    """256x256 RGB face crop -> (N, 68, 2) landmarks in normalised crop coordinates."""
+    """256x256 RGB face crop -> (N, 68, 2) landmarks in normalised crop coordinates.
+
+    With heads it returns (landmarks, visibility (N, 68), face_score (N,)), the two as probabilities
+    (or logits with ``logits=True``, for the training loss).
+    """
 
     def __init__(self, config: ModelConfig = ModelConfig(), blocks: tuple[BlockConfig, ...] = MOBILENET_L_BLOCKS):
         super().__init__()
@@ -161,7 +175,16 @@ class MobileNetL(nn.Module):
         )
         self.s1 = nn.Conv2d(cin, config.s1, 1)
         self.s2 = nn.Conv2d(config.c2, config.s2, 1)
-        self.fc = nn.Linear(config.s1 + config.s2 + config.s3, config.num_landmarks * 2)
+        features = config.s1 + config.s2 + config.s3
+        self.fc = nn.Linear(features, config.num_landmarks * 2)
+        if config.heads:
+            # Visibility needs to know where things are, which the pooled vector blurs: it also sees the
+            # S1 map (8x8) reduced to a few channels.
+            self.vis_map = nn.Conv2d(config.s1, config.vis_channels, 1)
+            spatial = config.vis_channels * (config.input_size // 32) ** 2
+            self.visibility = nn.Sequential(nn.Linear(features + spatial, 128), _act(hs),
+                                            nn.Linear(128, config.num_landmarks))
+            self.face = nn.Sequential(nn.Linear(features, 64), _act(hs), nn.Linear(64, 1))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -176,14 +199,27 @@ class MobileNetL(nn.Module):
         nn.init.normal_(self.fc.weight, std=1e-3)
         nn.init.constant_(self.fc.bias, 0.5)  # start at the crop centre
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, logits: bool = False):
         c1 = self.features(x)
         c2 = self.conv_c2(c1)
-        s1 = self.pool(self.s1(c1))
+        s1_map = self.s1(c1)
+        s1 = self.pool(s1_map)
         s2 = self.pool(self.s2(c2))
         s3 = self.s3(self.pool(c2))
         s = torch.cat([s1, s2, s3], dim=1).flatten(1)
-        return self.fc(s).view(-1, self.config.num_landmarks, 2)
+        landmarks = self.fc(s).view(-1, self.config.num_landmarks, 2)
+        if not self.config.heads:
+            return landmarks
+        vis = self.visibility(torch.cat([s, self.vis_map(s1_map).flatten(1)], dim=1))
+        face = self.face(s).squeeze(1)
+        if logits:
+            return landmarks, vis, face
+        return landmarks, torch.sigmoid(vis), torch.sigmoid(face)
+
+
+def landmarks_of(output) -> torch.Tensor:
+    """The landmarks of a forward pass, with or without heads."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -216,11 +252,12 @@ def count_flops(model: nn.Module, input_size: int = 256) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Print MobileNet-L's parameter count and multiply-adds.")
-    ap.add_argument("--variant", choices=list(ABLATIONS), default="full", help="ablation variant (default: %(default)s)")
+    ap.add_argument("--variant", choices=[*MODELS, *ABLATIONS], default="mobilenet_l",
+                    help="network (default: %(default)s)")
     args = ap.parse_args()
-    model = MobileNetL(ABLATIONS[args.variant])
+    model = MobileNetL({**MODELS, **ABLATIONS}[args.variant])
     macs = count_flops(model)
-    full = args.variant == "full"
+    full = args.variant in ("paper", "full")
     print(f"MobileNet-L{'' if full else f' ({args.variant})'}: {count_parameters(model) / 1e6:.3f} M parameters, "
           f"{macs / 1e9:.3f} G multiply-adds = {2 * macs / 1e9:.3f} GFLOPs at 256x256"
           f"{' (paper: about 1.7 M and 0.16 GFLOPs)' if full else ''}")

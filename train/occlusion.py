@@ -21,7 +21,12 @@ LIU_BINS: dict[str, tuple[float, float, int]] = {  # name: (low, high, first fil
     "50-60": (0.50, 0.60, 10000),
 }
 LIU_BIN_FILES = 2000
-CONDITIONS = ("clean", "10-20", "30-40", "40-50", "50-60", "center25")
+CONDITIONS = ("clean", "10-20", "30-40", "40-50", "50-60", "center25")  # the paper's protocol
+# Beyond the paper: the 30-40 % Liu masks (the same mask per face as "30-40") filled with texture instead of
+# black, as real occluders are (train.augment.texture: a patch of another test face, noise or a flat colour).
+TEXTURED = "textured"
+TEXTURED_BIN = "30-40"
+EVAL_CONDITIONS = (*CONDITIONS, TEXTURED)
 
 
 def coverage(mask: np.ndarray) -> float:
@@ -79,7 +84,7 @@ def eval_mask(condition: str, masks_dir: Path | None, key: str, seed: int = 0) -
         return "center25", center_mask()
     if masks_dir is None:
         raise ValueError(f"condition {condition} needs the Liu et al. masks folder")
-    return pick_liu_mask(masks_dir, condition, key, seed)
+    return pick_liu_mask(masks_dir, TEXTURED_BIN if condition == TEXTURED else condition, key, seed)
 
 
 def random_training_mask(rng: np.random.Generator, size: int = INPUT_SIZE) -> np.ndarray | None:

@@ -3,9 +3,13 @@
     python -m train.train --faces ../shared/data/faces --out runs/mobilenet_l
     python -m train.train ... --preset paper          # the paper's Adam 1e-4, betas (0, 0.9), batch 16, L2
     python -m train.train ... --resume                # carry on from OUT/last.pt
+    python -m train.train ... --model paper           # the paper's 136-output network (no heads)
     python -m train.train ... --variant no-SE         # an ablation variant of Figure 9 (train.model.ABLATIONS)
+    python -m train.train ... --init weights/mobilenet_l.pt   # start from another run's weights
     torchrun --nproc_per_node=N -m train.train ...    # DistributedDataParallel (NCCL on GPUs, gloo on CPU)
 
+The sample recipe (--photometric, --textured, --labels, --negatives; train.dataset.Recipe) and the
+loss (--loss) default to what won the A/B on validation (docs/recipe.md).
 Writes OUT/last.pt (resumable), OUT/best.pt (lowest validation NMSE) and OUT/history.json.
 """
 from __future__ import annotations
@@ -26,31 +30,65 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from runtime.files import atomic_write_bytes
-from runtime.metrics import nmse_per_face
+from runtime.metrics import nmse_per_face, roc_auc
 from runtime.preprocess import INPUT_SIZE
 
 from . import checkpoint
 from .annotate import annotate
 from .data import DEFAULT_FACES, labels_path, load_labels, read_split
-from .dataset import CropCache, TrainSet, validation_batches
-from .model import ABLATIONS, MobileNetL, ModelConfig, variant_name
+from .dataset import LABEL_MODES, LEGACY_RECIPE, CropCache, Recipe, TrainSet, validation_batches
+from .model import ABLATIONS, MODELS, MobileNetL, ModelConfig, landmarks_of, variant_name
 
+LOSSES = ("l1", "l2", "wing")
 PRESETS = {
     # The paper's settings (Section "Training" of PAPER.md).
     "paper": dict(optimizer="adam", lr=1e-4, betas=(0.0, 0.9), weight_decay=0.0, batch=16, loss="l2",
                   schedule="constant", warmup_epochs=0),
-    # Our default: larger steps with warm-up and cosine decay, and an L1 loss (NMSE is a mean of distances).
-    "default": dict(optimizer="adamw", lr=2e-3, betas=(0.9, 0.999), weight_decay=1e-4, batch=32, loss="l1",
+    # Our default: larger steps with warm-up and cosine decay, and the Wing loss (docs/recipe.md).
+    "default": dict(optimizer="adamw", lr=2e-3, betas=(0.9, 0.999), weight_decay=1e-4, batch=32, loss="wing",
                     schedule="cosine", warmup_epochs=1),
 }
+# Wing loss (Feng et al. 2018) in 256-pixel units: log-shaped below WING_W px so that small and medium
+# errors keep pulling, linear above it.
+WING_W, WING_EPS = 10.0, 2.0
+HEAD_LOSS_WEIGHT = 1.0  # weight of each head's cross-entropy beside the landmark loss
 
 
-def landmark_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Loss in 256-pixel units. l2 is the paper's ||L_hat - L_gt||^2 over the 136 numbers, batch-averaged."""
+def landmark_loss(pred: torch.Tensor, target: torch.Tensor, kind: str,
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Loss in 256-pixel units, per-point ``weight`` (N, 68) optional (default 1).
+
+    l2 is the paper's ||L_hat - L_gt||^2 over the 136 numbers, batch-averaged; l1 and wing are means
+    over the weighted coordinates.
+    """
     diff = (pred - target) * INPUT_SIZE
+    w = torch.ones(diff.shape[:2], device=diff.device) if weight is None else weight
     if kind == "l2":
-        return diff.pow(2).sum(dim=(1, 2)).mean()
-    return diff.abs().mean()
+        return (diff.pow(2).sum(-1) * w).sum() / diff.shape[0]
+    err = diff.abs()
+    if kind == "wing":
+        c = WING_W - WING_W * math.log(1 + WING_W / WING_EPS)
+        err = torch.where(err < WING_W, WING_W * torch.log1p(err / WING_EPS), err - c)
+    elif kind != "l1":
+        raise ValueError(f"unknown loss {kind!r}: use one of {', '.join(LOSSES)}")
+    return (err * w[..., None]).sum() / (2 * w.sum()).clamp(min=1.0)
+
+
+def training_loss(output, batch: dict, kind: str) -> torch.Tensor:
+    """Landmark loss on the faces, plus the heads' cross-entropies when the model has heads.
+
+    Visibility is learnt on faces only (negatives have no landmarks); the face score on every sample.
+    """
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    face = batch["face"]
+    weight = batch["weight"] * face[:, None]
+    if not isinstance(output, tuple):
+        return landmark_loss(output, batch["landmarks"], kind, weight)
+    landmarks, vis_logits, face_logits = output
+    loss = landmark_loss(landmarks, batch["landmarks"], kind, weight)
+    vis = bce(vis_logits, batch["visibility"], reduction="none").mean(1)
+    loss = loss + HEAD_LOSS_WEIGHT * (vis * face).sum() / face.sum().clamp(min=1.0)
+    return loss + HEAD_LOSS_WEIGHT * bce(face_logits, face)
 
 
 def learning_rate(cfg: dict, epoch_float: float, epochs: int) -> float:
@@ -63,16 +101,25 @@ def learning_rate(cfg: dict, epoch_float: float, epochs: int) -> float:
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, xs: np.ndarray, ys: np.ndarray, kinds: list[str], batch: int = 64,
-             device: torch.device = torch.device("cpu")) -> dict:
-    """Validation NMSE (%) per kind of occlusion and overall, in crop coordinates (NMSE is scale invariant)."""
+def validate(model: torch.nn.Module, val: dict, batch: int = 64, device: torch.device = torch.device("cpu")) -> dict:
+    """Validation NMSE (%) per kind of sample and over all faces, in crop coordinates (NMSE is scale invariant).
+
+    For models with heads also visibility AUC (occluded kinds) and face-score AUC (faces vs negatives).
+    """
     model.eval()
-    preds = np.concatenate([model(torch.from_numpy(xs[i:i + batch]).to(device)).cpu().numpy()
-                            for i in range(0, len(xs), batch)])
-    per = nmse_per_face(preds, ys)
-    kinds_arr = np.array(kinds)
-    out = {k: float(per[kinds_arr == k].mean()) for k in dict.fromkeys(kinds)}
+    outs = [model(torch.from_numpy(val["x"][i:i + batch]).to(device)) for i in range(0, len(val["x"]), batch)]
+    kinds = val["kind"]
+    faces = kinds != "negative"
+    preds = np.concatenate([landmarks_of(o).cpu().numpy() for o in outs])
+    per = nmse_per_face(preds[faces], val["landmarks"][faces])
+    out = {str(k): float(per[kinds[faces] == k].mean()) for k in dict.fromkeys(kinds[faces])}
     out["all"] = float(per.mean())
+    if isinstance(outs[0], tuple):
+        vis = np.concatenate([o[1].cpu().numpy() for o in outs])
+        score = np.concatenate([o[2].cpu().numpy() for o in outs])
+        occluded = faces & np.isin(kinds, ["center25", "synthetic", "textured"])
+        out["visibility_auc"] = roc_auc(vis[occluded], val["visibility"][occluded])
+        out["face_score_auc"] = roc_auc(score, val["face"])
     return out
 
 
@@ -91,13 +138,16 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 
 def training_data(faces: Path, limit: int | None, val_limit: int | None, seed: int, log: Callable,
-                  rank: int = 0, world: int = 1) -> tuple[TrainSet, tuple[np.ndarray, np.ndarray, list[str]]]:
+                  rank: int = 0, world: int = 1, recipe: Recipe = Recipe(),
+                  negatives: bool = True, spread: int | None = None) -> tuple[TrainSet, dict]:
     """The augmented, occluded training set and the validation batches of a face folder's splits.
 
     Labels and decoded-crop caches are made once (by rank 0 under torchrun); every model trained here
     (MobileNet-L, its ablations, FAN*) reads the same caches.
     """
     train_paths = read_split(faces, "train")[:limit]
+    if spread:  # every k-th face, so a reduced budget sees every source folder of the split
+        train_paths = [train_paths[i] for i in np.linspace(0, len(train_paths) - 1, spread).astype(int)]
     val_paths = read_split(faces, "val")[:val_limit]
     if not train_paths or not val_paths:
         raise SystemExit(f"{faces}: needs splits.csv with train and val images")
@@ -115,7 +165,7 @@ def training_data(faces: Path, limit: int | None, val_limit: int | None, seed: i
         CropCache(faces, val_labels, val_tag)
     if world > 1:
         dist.barrier()
-    train_set = TrainSet(CropCache(faces, train_labels, train_tag), seed)
+    train_set = TrainSet(CropCache(faces, train_labels, train_tag), seed, recipe, negatives)
     return train_set, validation_batches(CropCache(faces, val_labels, val_tag))
 
 
@@ -131,10 +181,16 @@ def record_epoch(out: Path, model: torch.nn.Module, format: str, opt: torch.opti
         checkpoint.save(out / "best.pt", model, format, **meta)
     checkpoint.save(out / "last.pt", model, format, optimizer=opt.state_dict(), **meta)
     atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
-    log(f"epoch {epoch + 1}: loss {record['train_loss']:.4g}, val NMSE {val['all']:.3f} "
-        f"(clean {val['clean']:.3f}, centre {val['center25']:.3f}, synthetic {val['synthetic']:.3f})"
+    kinds = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if k != "all")
+    log(f"epoch {epoch + 1}: loss {record['train_loss']:.4g}, val NMSE {val['all']:.3f} ({kinds})"
         f"{' *best*' if improved else ''}, {record['seconds']:.0f} s")
     return best
+
+
+def stalled(history: list[dict], patience: int) -> bool:
+    """True when the best validation NMSE is more than ``patience`` epochs old."""
+    scores = [h["val_nmse"]["all"] for h in history]
+    return len(scores) > patience and min(scores[-patience:]) >= min(scores[:-patience])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -142,12 +198,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="face folder with splits.csv (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=Path("runs/mobilenet_l"), help="run folder (default: %(default)s)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default", help="hyper-parameter preset (default: %(default)s)")
-    ap.add_argument("--variant", choices=list(ABLATIONS), default="full",
-                    help="network: MobileNet-L or one of its ablation variants (default: %(default)s)")
+    ap.add_argument("--model", choices=list(MODELS), default="mobilenet_l",
+                    help="network: with visibility and face-score heads, or the paper's (default: %(default)s)")
+    ap.add_argument("--variant", choices=list(ABLATIONS),
+                    help="an ablation variant of the paper's network (Figure 9); overrides --model")
+    ap.add_argument("--init", type=Path, help="start from this checkpoint's weights (those that fit)")
+    ap.add_argument("--loss", choices=LOSSES, help="landmark loss (default: the preset's)")
+    defaults = Recipe()
+    ap.add_argument("--photometric", type=float, default=defaults.photometric,
+                    help="share of samples photometrically degraded (default: %(default)s)")
+    ap.add_argument("--textured", type=float, default=defaults.textured,
+                    help="share of occluded samples with textured instead of black holes (default: %(default)s)")
+    ap.add_argument("--labels", choices=LABEL_MODES, default=defaults.labels,
+                    help="doubtful teacher labels: keep (raw), average with the mirrored prediction, down-weight "
+                         "or drop (default: %(default)s)")
+    ap.add_argument("--negatives", type=float, default=defaults.negatives,
+                    help="share of face-score negatives, models with heads only (default: %(default)s)")
+    ap.add_argument("--patience", type=int,
+                    help="stop when validation NMSE has not improved for this many epochs")
     ap.add_argument("--epochs", type=int, default=20, help="epochs (default: %(default)s)")
     ap.add_argument("--batch", type=int, help="per-process batch size (default: the preset's)")
     ap.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     ap.add_argument("--limit", type=int, help="use only the first N training faces (quick runs, tests)")
+    ap.add_argument("--spread", type=int, metavar="N",
+                    help="use N training faces spread evenly over the split (reduced-budget A/B runs)")
     ap.add_argument("--val-limit", type=int, help="use only the first N validation faces")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     ap.add_argument("--seed", type=int, default=0)
@@ -160,7 +234,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     rank, world, device = setup_distributed()
     cfg = dict(PRESETS[args.preset])
-    cfg.update({k: v for k, v in (("batch", args.batch), ("lr", args.lr)) if v is not None})
+    cfg.update({k: v for k, v in (("batch", args.batch), ("lr", args.lr), ("loss", args.loss)) if v is not None})
+    recipe = Recipe(args.photometric, args.textured, args.labels, args.negatives)
+    config = ABLATIONS[args.variant] if args.variant else MODELS[args.model]
     if args.threads:
         torch.set_num_threads(args.threads)
     random.seed(args.seed)
@@ -168,24 +244,34 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     log = (lambda *a: print(*a, file=sys.stderr)) if rank == 0 else (lambda *a: None)
 
-    train_set, (val_x, val_y, val_kinds) = training_data(args.faces, args.limit, args.val_limit, args.seed, log,
-                                                         rank, world)
-
-    model = MobileNetL(ABLATIONS[args.variant]).to(device)
-    if cfg["optimizer"] == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=cfg["betas"])
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=cfg["betas"], weight_decay=cfg["weight_decay"])
-    start_epoch, history, best = 0, [], float("inf")
     last_path = args.out / "last.pt"
+    state = None
     if args.resume:
         if not last_path.exists():
             raise SystemExit(f"{last_path}: nothing to resume")
         state = checkpoint.load(last_path)
         saved = ModelConfig(**state["config"])
-        if saved != model.config:
-            raise SystemExit(f"{last_path}: a run of variant {variant_name(saved)!r}, not --variant {args.variant}; "
-                             f"resume it with --variant {variant_name(saved)} or train this one in another --out")
+        if saved != config:
+            raise SystemExit(f"{last_path}: a run of {variant_name(saved)!r}, not {variant_name(config)!r}; resume it "
+                             f"with the same --model/--variant or train this one in another --out")
+        # the run goes on as it started, whatever the flags say now
+        cfg, recipe = state["train_config"], Recipe(**state.get("recipe", LEGACY_RECIPE.to_dict()))
+    train_set, val = training_data(args.faces, args.limit, args.val_limit, args.seed, log, rank, world, recipe,
+                                   negatives=config.heads, spread=args.spread)
+
+    model = MobileNetL(config).to(device)
+    if args.init and state is None:
+        init = checkpoint.load(args.init)["model"]
+        own = model.state_dict()
+        fits = {k: v for k, v in init.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(fits, strict=False)
+        log(f"initialised {len(fits)} of {len(own)} tensors from {args.init}")
+    if cfg["optimizer"] == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=cfg["betas"])
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=cfg["betas"], weight_decay=cfg["weight_decay"])
+    start_epoch, history, best = 0, [], float("inf")
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, history, best = state["epoch"], state["history"], state["best_val_nmse"]
@@ -210,23 +296,30 @@ def main(argv: list[str] | None = None) -> dict:
         net.train()
         t0, losses = time.time(), []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", disable=rank != 0)
-        for step, (x, y) in enumerate(bar):
+        for step, batch in enumerate(bar):
             lr = learning_rate(cfg, epoch + step / steps, args.epochs)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = landmark_loss(net(x.to(device)), y.to(device), cfg["loss"])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = training_loss(net(batch["x"], logits=True) if config.heads else net(batch["x"]), batch, cfg["loss"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", lr=f"{lr:.1e}")
         if rank == 0:
-            val = validate(model, val_x, val_y, val_kinds, device=device)
-            best = record_epoch(args.out, model, checkpoint.FORMAT, opt, history, best, epoch, losses, val, t0, log,
-                                preset=args.preset, train_config=cfg, world_size=world, train_faces=len(train_set),
-                                args={k: str(v) for k, v in vars(args).items()})
+            scores = validate(model, val, device=device)
+            best = record_epoch(args.out, model, checkpoint.FORMAT, opt, history, best, epoch, losses, scores, t0,
+                                log, preset=args.preset, train_config=cfg, recipe=recipe.to_dict(), world_size=world,
+                                train_faces=len(train_set), args={k: str(v) for k, v in vars(args).items()})
         if world > 1:
             dist.barrier()
+        stop = [bool(args.patience) and rank == 0 and stalled(history, args.patience)]
+        if world > 1:
+            dist.broadcast_object_list(stop, 0)
+        if stop[0]:
+            log(f"validation NMSE has not improved for {args.patience} epochs: stopping after epoch {epoch + 1}")
+            break
     if world > 1:
         dist.destroy_process_group()
     return {"history": history, "best_val_nmse": best}

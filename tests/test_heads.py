@@ -1,0 +1,203 @@
+"""Visibility and face-score heads: shapes, targets, training, the three-output export contract, verify."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from train.model import MODELS, MobileNetL, ModelConfig, landmarks_of
+
+
+def test_heads_shapes_and_ranges():
+    torch.manual_seed(0)
+    model = MobileNetL(MODELS["mobilenet_l"]).eval()
+    x = torch.randn(3, 3, 256, 256) * 3  # large inputs: the probabilities must still stay in [0, 1]
+    with torch.no_grad():
+        landmarks, vis, score = model(x)
+        _, vis_logits, score_logits = model(x, logits=True)
+    assert landmarks.shape == (3, 68, 2) and vis.shape == (3, 68) and score.shape == (3,)
+    assert ((vis >= 0) & (vis <= 1)).all() and ((score >= 0) & (score <= 1)).all()
+    assert torch.allclose(torch.sigmoid(vis_logits), vis) and torch.allclose(torch.sigmoid(score_logits), score)
+    assert vis.std() > 0  # the head depends on the input, not a constant
+    assert torch.equal(landmarks_of((landmarks, vis, score)), landmarks)
+    # the heads see the same features: the landmark path is the paper network's
+    paper = MobileNetL(MODELS["paper"]).eval()
+    paper.load_state_dict({k: v for k, v in model.state_dict().items() if k in paper.state_dict()})
+    with torch.no_grad():
+        assert torch.allclose(paper(x), landmarks)
+
+
+def test_visibility_target_from_a_hand_made_mask():
+    from train.dataset import visible_points
+
+    mask = np.ones((256, 256), np.float32)
+    mask[100:150, 50:120] = 0  # a hole
+    target = np.full((68, 2), 10 / 256, np.float32)  # every point at pixel (10, 10): visible
+    target[0] = [60 / 256, 120 / 256]  # in the hole (x 60, y 120)
+    target[1] = [119.5 / 256, 149.5 / 256]  # the hole's last pixel
+    target[2] = [120.5 / 256, 149.5 / 256]  # just right of it
+    target[3] = [-1 / 256, 10 / 256]  # outside the crop
+    target[4] = [300 / 256, 10 / 256]  # outside the crop
+    inside = np.ones(68, bool)
+    inside[5] = False  # the teacher put it outside the source image (a cut-off jaw)
+    vis = visible_points(target, mask, inside)
+    assert vis.dtype == np.float32 and vis.shape == (68,)
+    assert vis[:6].tolist() == [0, 0, 1, 0, 0, 0] and vis[6:].all()
+    assert visible_points(target, None, inside)[:6].tolist() == [1, 1, 1, 0, 0, 0]
+
+
+def test_training_loss_uses_heads_and_skips_negatives_for_landmarks():
+    from train.train import landmark_loss, training_loss
+
+    torch.manual_seed(0)
+    n = 4
+    batch = {"landmarks": torch.rand(n, 68, 2), "weight": torch.ones(n, 68), "visibility": torch.ones(n, 68),
+             "face": torch.tensor([1.0, 1.0, 0.0, 0.0])}
+    pred = batch["landmarks"].clone()
+    pred[2:] += 5.0  # wildly wrong landmarks, but on the negatives: no landmark loss
+    confident = (pred, torch.full((n, 68), 20.0), torch.tensor([20.0, 20.0, -20.0, -20.0]))
+    assert training_loss(confident, batch, "wing") < 1e-6
+    wrong_score = (pred, confident[1], -confident[2])
+    assert training_loss(wrong_score, batch, "wing") > 10
+    # a paper network's plain tensor gets the landmark loss alone; weights steer it
+    assert torch.isclose(training_loss(pred[:2], {k: v[:2] for k, v in batch.items()}, "l1"), torch.tensor(0.0))
+    half = torch.ones(2, 68)
+    half[:, 34:] = 0
+    err = batch["landmarks"][:2].clone()
+    err[:, 34:] += 1.0  # error only where the weight is 0
+    assert landmark_loss(err, batch["landmarks"][:2], "l1", half) == 0
+    assert landmark_loss(err, batch["landmarks"][:2], "wing") > landmark_loss(err, batch["landmarks"][:2], "l1") / 100
+
+
+def test_old_checkpoint_loads_as_the_paper_network(tmp_path):
+    from train import checkpoint
+
+    torch.manual_seed(0)
+    old = MobileNetL(MODELS["paper"])
+    path = tmp_path / "old.pt"
+    checkpoint.save(path, old)
+    state = torch.load(path, weights_only=True)
+    for key in ("heads", "vis_channels"):  # written before the heads existed
+        state["config"].pop(key)
+    torch.save(state, path)
+    model = checkpoint.load_model(path)
+    assert model.config == ModelConfig() and not model.config.heads
+    with torch.no_grad():
+        x = torch.randn(1, 3, 256, 256)
+        y = model(x)
+    assert isinstance(y, torch.Tensor) and y.shape == (1, 68, 2)
+    assert torch.allclose(y, old.eval()(x))
+
+
+@pytest.fixture(scope="module")
+def heads_onnx(tmp_path_factory):
+    from export.export_onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = MobileNetL(MODELS["mobilenet_l"]).eval()
+    path = tmp_path_factory.mktemp("heads") / "heads.onnx"
+    export_onnx(model, path)
+    return model, path
+
+
+def test_export_contract_three_outputs_dynamic_batch(heads_onnx):
+    from runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    model, path = heads_onnx
+    graph = onnx.load(str(path)).graph
+    assert [o.name for o in graph.output] == ["landmarks", "visibility", "face_score"]
+    dims = {o.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in o.type.tensor_type.shape.dim]
+            for o in graph.output}
+    assert dims["landmarks"][1:] == [68, 2] and dims["visibility"][1:] == [68] and len(dims["face_score"]) == 1
+    assert all(isinstance(d[0], str) for d in dims.values())  # the batch axis is dynamic
+    backend = OnnxRuntimeBackend(path)
+    assert backend.outputs == ("landmarks", "visibility", "face_score")
+    for n in (1, 5):
+        x = np.random.default_rng(n).normal(0, 1, (n, 3, 256, 256)).astype(np.float32)
+        out = backend.run(x)
+        assert {k: v.shape for k, v in out.items()} == {"landmarks": (n, 68, 2), "visibility": (n, 68),
+                                                         "face_score": (n,)}
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x))
+        for got, want in zip(out.values(), ref):
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+
+
+def test_fp16_and_int8_artifacts_carry_the_heads(heads_onnx, tmp_path):
+    pytest.importorskip("modelopt")
+    from calibration.dataset import build_calibration_set
+    from export.quantize import make_fp16, make_int8
+    from runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from tests.fake_tensorrt import synthetic_faces
+
+    _, path = heads_onnx
+    fp16 = make_fp16(path, tmp_path / "m.fp16.onnx")
+    calib = build_calibration_set(synthetic_faces(tmp_path / "calib", count=8), count=8)
+    int8 = make_int8(path, tmp_path / "m.int8.onnx", calib)
+    for artifact in (fp16, int8):
+        assert OnnxRuntimeBackend(artifact).outputs == ("landmarks", "visibility", "face_score")
+    # the heads stay float in the INT8 graph: no DequantizeLinear feeds their nodes
+    model = onnx.load(str(int8))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    head_nodes = [n for n in model.graph.node if n.name.startswith(("/visibility/", "/face/", "/vis_map/"))]
+    assert head_nodes and not any(getattr(producer.get(i), "op_type", "") == "DequantizeLinear"
+                                  for n in head_nodes for i in n.input)
+
+
+def _invert_visibility(src, dst):
+    """The same ONNX with the visibility head's last Gemm negated: sigmoid(-z) = 1 - visibility."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(src))
+    gemm = [n for n in proto.graph.node if n.op_type == "Gemm" and n.name.startswith("/visibility/")][-1]
+    for init in proto.graph.initializer:
+        if init.name in gemm.input[1:]:
+            init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
+    onnx.save(proto, str(dst))
+    return dst
+
+
+@pytest.mark.usefixtures("tmp_cache")
+def test_verify_checks_the_heads_and_fails_inverted_visibility(heads_onnx, tmp_path):
+    from tests.conftest import FACES, MASKS, needs_data, needs_dlib, needs_masks
+
+    for mark in (needs_data, needs_masks, needs_dlib):
+        if mark.args[0]:
+            pytest.skip(mark.kwargs["reason"])
+    from export.export_onnx import build_golden
+    from runtime.verify import main
+
+    model, path = heads_onnx
+    golden, _ = build_golden(model, FACES, MASKS, count=4, seed=0, meta={})
+    assert golden.reference_visibility.shape == (24, 68) and golden.reference_score.shape == (24,)
+    golden_path = tmp_path / "g.golden.npz"
+    golden.save(golden_path)
+    inverted = _invert_visibility(path, tmp_path / "inverted.onnx")
+    out = tmp_path / "v.json"
+    assert main(["--golden", str(golden_path), "--model", str(path), "--faces", str(FACES), "--json", str(out)]) == 0
+    good = json.loads(out.read_text())["models"][str(path)]
+    assert good["pass"] and good["max_prob_diff"] < 1e-4 and good["min_visibility_agreement"] == 1.0
+    assert main(["--golden", str(golden_path), "--model", str(inverted), "--faces", str(FACES),
+                 "--json", str(out)]) == 1
+    bad = json.loads(out.read_text())["models"][str(inverted)]
+    # the landmarks are untouched, so only the heads' checks can fail it
+    assert bad["max_abs_delta_nmse"] < 1e-3 and not bad["pass"] and bad["min_visibility_agreement"] < 0.5
+
+
+def test_verify_fails_a_model_with_nan_outputs():
+    from runtime.golden import Golden
+    from runtime.verify import compare, judge
+
+    rng = np.random.default_rng(0)
+    faces, conds = 3, ["clean", "30-40"]
+    landmarks = rng.uniform(60, 190, (faces, 68, 2)).astype(np.float32)
+    ref = rng.uniform(0.3, 0.7, (faces * 2, 68, 2)).astype(np.float32)
+    golden = Golden(paths=["a", "b", "c"], sha1=["", "", ""], boxes=np.tile([64, 64, 192, 192], (faces, 1)),
+                    landmarks=landmarks, yaw=np.zeros(faces), face_index=np.repeat(np.arange(faces), 2),
+                    condition=conds * faces, mask_id=[""] * 6, masks=np.ones((6, 256, 256), bool), reference=ref)
+    pred = {"landmarks": ref.copy()}
+    assert judge(compare(golden, pred), "fp32", {"fp32": 0.01})["pass"]
+    pred["landmarks"][1::2] = np.nan  # NaN on the occluded samples only, not on the first
+    verdict = judge(compare(golden, pred), "fp32", {"fp32": 0.01})
+    assert not verdict["pass"] and np.isnan(verdict["max_abs_delta_nmse"])
