@@ -52,6 +52,7 @@ class Recipe:
     textured: float = 0.5  # share of occluded samples whose holes are filled with texture instead of black
     labels: str = "average"  # one of LABEL_MODES: what to do with doubtful teacher labels
     negatives: float = 0.15  # share of face_score negatives (only for models with heads)
+    head_weight: float = 1.0  # weight of each head's cross-entropy beside the landmark loss
 
     def to_dict(self) -> dict:
         return asdict(self)

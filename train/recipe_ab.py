@@ -32,6 +32,8 @@ ARMS: dict[str, tuple[list[str], str]] = {
     "control-seed1": (["--seed", "1"], "seed noise: the control again with another seed"),
     "labels-down": (["--labels", "down"], "down-weighting doubtful labels instead of averaging"),
     "labels-drop": (["--labels", "drop"], "dropping doubtful labels instead of averaging"),
+    "heads-light": (["--head-weight", "0.2"], "head losses at full weight (0.2 instead)"),
+    "no-negatives": (["--negatives", "0"], "face-score negatives in the batch (none: the score cannot learn)"),
 }
 BUDGET = ["--spread", "2400", "--epochs", "3", "--lr", "5e-4"]
 EPOCHS = int(BUDGET[BUDGET.index("--epochs") + 1])

@@ -51,7 +51,6 @@ PRESETS = {
 # Wing loss (Feng et al. 2018) in 256-pixel units: log-shaped below WING_W px so that small and medium
 # errors keep pulling, linear above it.
 WING_W, WING_EPS = 10.0, 2.0
-HEAD_LOSS_WEIGHT = 1.0  # weight of each head's cross-entropy beside the landmark loss
 
 
 def landmark_loss(pred: torch.Tensor, target: torch.Tensor, kind: str,
@@ -74,8 +73,9 @@ def landmark_loss(pred: torch.Tensor, target: torch.Tensor, kind: str,
     return (err * w[..., None]).sum() / (2 * w.sum()).clamp(min=1.0)
 
 
-def training_loss(output, batch: dict, kind: str) -> torch.Tensor:
-    """Landmark loss on the faces, plus the heads' cross-entropies when the model has heads.
+def training_loss(output, batch: dict, kind: str, head_weight: float = 1.0) -> torch.Tensor:
+    """Landmark loss on the faces, plus the heads' cross-entropies (each times ``head_weight``) when the
+    model has heads.
 
     Visibility is learnt on faces only (negatives have no landmarks); the face score on every sample.
     """
@@ -87,8 +87,8 @@ def training_loss(output, batch: dict, kind: str) -> torch.Tensor:
     landmarks, vis_logits, face_logits = output
     loss = landmark_loss(landmarks, batch["landmarks"], kind, weight)
     vis = bce(vis_logits, batch["visibility"], reduction="none").mean(1)
-    loss = loss + HEAD_LOSS_WEIGHT * (vis * face).sum() / face.sum().clamp(min=1.0)
-    return loss + HEAD_LOSS_WEIGHT * bce(face_logits, face)
+    loss = loss + head_weight * (vis * face).sum() / face.sum().clamp(min=1.0)
+    return loss + head_weight * bce(face_logits, face)
 
 
 def learning_rate(cfg: dict, epoch_float: float, epochs: int) -> float:
@@ -214,6 +214,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "or drop (default: %(default)s)")
     ap.add_argument("--negatives", type=float, default=defaults.negatives,
                     help="share of face-score negatives, models with heads only (default: %(default)s)")
+    ap.add_argument("--head-weight", type=float, default=defaults.head_weight,
+                    help="weight of each head's loss beside the landmark loss (default: %(default)s)")
     ap.add_argument("--patience", type=int,
                     help="stop when validation NMSE has not improved for this many epochs")
     ap.add_argument("--epochs", type=int, default=20, help="epochs (default: %(default)s)")
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world, device = setup_distributed()
     cfg = dict(PRESETS[args.preset])
     cfg.update({k: v for k, v in (("batch", args.batch), ("lr", args.lr), ("loss", args.loss)) if v is not None})
-    recipe = Recipe(args.photometric, args.textured, args.labels, args.negatives)
+    recipe = Recipe(args.photometric, args.textured, args.labels, args.negatives, args.head_weight)
     config = ABLATIONS[args.variant] if args.variant else MODELS[args.model]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -301,7 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
             for g in opt.param_groups:
                 g["lr"] = lr
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = training_loss(net(batch["x"], logits=True) if config.heads else net(batch["x"]), batch, cfg["loss"])
+            out = net(batch["x"], logits=True) if config.heads else net(batch["x"])
+            loss = training_loss(out, batch, cfg["loss"], recipe.head_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
