@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runtime.files import atomic_write_bytes
+from core.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from calibration.dataset import CalibrationSet

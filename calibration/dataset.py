@@ -14,13 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from runtime.preprocess import (
-    PREPROCESS_VERSION, ImageError, crop_matrix, occlude, read_image, to_input, warp, whole_image_box,
-)
-from train.data import labels_path, load_labels, read_split
-from train.occlusion import random_training_mask
+from core.data import labels_path, load_labels, read_split
+from core.occlusion import random_training_mask
+from core.preprocess import PREPROCESS_VERSION, ImageError, crop_face, occlude, read_image, to_input
+from core.progress import Progress
 
 # 1024, not 512: INT8 ΔNMSE under 50-60 % occlusion swung from -0.15 to +0.31 between two 512-image draws;
 # two 1024-image draws gave -0.21 and +0.03 (docs/deployment.md). Costs ~0.8 GB of float32 while calibrating.
@@ -71,14 +69,13 @@ def build_calibration_set(faces_dir: Path, count: int = DEFAULT_COUNT, seed: int
         boxes = dict(zip(labels.paths, labels.boxes))
     rng = np.random.default_rng([seed, 1])
     inputs, used, occluded = [], [], []
-    for i, rel in enumerate(tqdm(paths, desc="calibration set", unit="img")):
+    for i, rel in enumerate(Progress(paths, desc="calibration set", unit="img")):
         try:
             image = read_image(faces_dir / rel)
         except ImageError as e:
             print(f"skipped: {e}", file=sys.stderr)
             continue
-        box = boxes.get(rel, whole_image_box(*image.shape[:2]))
-        crop = warp(image, crop_matrix(box))
+        crop, _ = crop_face(image, boxes.get(rel))  # no teacher box: the image is the face crop
         mask = None
         while i % 2 and mask is None:  # the occluded half: redraw the training generator's clean cases
             mask = random_training_mask(rng)

@@ -15,19 +15,15 @@ Exit status: 0 built, 1 build failed, 2 bad arguments or inputs, 3 TensorRT or p
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse
-
 from calibration.calibrator import CalibrationCacheError
-from export.engine import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB, build_engine, onnx_precision
-from runtime.files import sha256_file
-from runtime.tensorrt_shim import MissingDependency, import_tensorrt, strongly_typed_only
-from train.data import DEFAULT_FACES
+from core.data import DEFAULT_FACES
+from core.files import sha256_file
+from export.engine import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB, build_engine, check_request, onnx_precision
+from runtime.tensorrt_shim import CALIBRATORS_REMOVED, MissingDependency, import_tensorrt, strongly_typed_only
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NO_TENSORRT = 1, 2, 3
 
@@ -82,29 +78,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def validate(args: argparse.Namespace) -> str:
-    """Check everything that needs no TensorRT; return the ONNX file's own precision."""
-    if not args.onnx.is_file():
-        raise UsageError(f"{args.onnx}: no such ONNX file")
-    if args.out.exists() and not args.force:
-        raise UsageError(f"{args.out} exists; pass --force to overwrite it")
-    if args.out.resolve() == args.onnx.resolve():
-        raise UsageError("--out would overwrite the ONNX file")
+    """Check everything that needs no TensorRT (export.engine.check_request, plus the calibration options);
+    return the ONNX file's own precision."""
     try:
-        source = onnx_precision(args.onnx)
-    except ValueError as e:
+        source = check_request(args.onnx, args.out, args.precision, batch=args.batch, dla_core=args.dla_core,
+                               calibrator_kind=args.calibrator, force=args.force, fp32_source_ok=True)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise UsageError(str(e)) from e
-    except Exception as e:
-        raise UsageError(f"{args.onnx}: not a readable ONNX file ({e.__class__.__name__}: {e})") from e
-    if source != "fp32" and source != args.precision:
-        raise UsageError(f"{args.onnx} is a {source} ONNX; for a {args.precision} engine give the FP32 ONNX "
-                         f"from export/export_onnx.py")
-    if args.dla_core is not None and (args.dla_core < 0 or args.precision == "fp32"):
-        raise UsageError("--dla-core needs a core number >= 0 and --precision fp16 or int8 (DLA runs no FP32)")
-    if args.calibrator:
-        if args.precision != "int8" or source != "fp32":
-            raise UsageError(f"--calibrator calibrates the FP32 ONNX to INT8: use --precision int8 with the FP32 "
-                             f"ONNX ({args.onnx} is {source})")
-    elif args.calib_cache:
+    if args.calib_cache and not args.calibrator:
         raise UsageError("--calib-cache belongs to --calibrator (the Q/DQ path keeps its calibration in the ONNX)")
     needs_faces = args.precision == "int8" and source == "fp32"
     if needs_faces:
@@ -160,9 +141,7 @@ def run(args: argparse.Namespace) -> int:
         except MissingDependency:
             trt = None  # reported once the inputs are checked (build_engine)
         if trt is not None and strongly_typed_only(trt):
-            raise UsageError(f"--calibrator is not available on TensorRT {trt.__version__}: TensorRT 11 removed the "
-                             f"INT8 calibrators; drop --calibrator to build from the Q/DQ ONNX that "
-                             f"export/quantize.py makes")
+            raise UsageError(CALIBRATORS_REMOVED.format(version=trt.__version__))
         calib = calibration_set(args)
         if args.calib_cache:  # refuse a stale cache now, before the build
             read_cache(args.calib_cache, cache_key(calib.key, sha256_file(args.onnx), args.calibrator))
@@ -173,6 +152,11 @@ def run(args: argparse.Namespace) -> int:
           f"{sidecar['gpu_name']} sm{sidecar['compute_capability']}, {sidecar['build_time_s']} s) "
           f"and {args.out}.json")
     return 0
+
+
+def cli() -> None:
+    """Console-script entry point (pyproject.toml)."""
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:

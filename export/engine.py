@@ -12,9 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runtime import tensorrt_shim as shim
+from core.files import atomic_write_bytes, sha256_file
 from export.quantize import read_metadata
-from runtime.files import atomic_write_bytes, sha256_file
+from runtime import tensorrt_shim as shim
+from runtime.tensorrt_backend import sidecar_path
 
 if TYPE_CHECKING:
     from calibration.dataset import CalibrationSet
@@ -22,11 +23,6 @@ if TYPE_CHECKING:
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_BATCH = (1, 1, 8)
 DEFAULT_WORKSPACE_MB = 1024
-
-
-def sidecar_path(engine_path: str | Path) -> Path:
-    """``model.engine`` -> ``model.engine.json``."""
-    return Path(f"{engine_path}.json")
 
 
 def onnx_precision(path: str | Path) -> str:
@@ -44,6 +40,43 @@ def check_batch(batch: tuple[int, int, int]) -> tuple[int, int, int]:
     return batch  # type: ignore[return-value]
 
 
+def check_request(onnx_path: str | Path, out_path: str | Path, precision: str, *,
+                  batch: tuple[int, int, int] = DEFAULT_BATCH, dla_core: int | None = None,
+                  calibrator_kind: str | None = None, force: bool = False, fp32_source_ok: bool = False) -> str:
+    """Every rule of an engine build that needs no TensorRT, in one place; returns the ONNX graph's precision.
+
+    The engine's precision must be the graph's, except with ``calibrator_kind`` (classic INT8 calibration
+    of the FP32 graph) and, with ``fp32_source_ok``, an FP32 graph the caller first turns into the FP16 /
+    Q/DQ INT8 graph (export/build_engine.py does). Raises FileNotFoundError, FileExistsError or ValueError.
+    """
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    check_batch(batch)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: use {', '.join(PRECISIONS)}")
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"{onnx_path}: no such ONNX file")
+    if out_path.exists() and not force:
+        raise FileExistsError(f"{out_path} exists; pass --force to overwrite it")
+    if out_path.resolve() == onnx_path.resolve():
+        raise ValueError("--out would overwrite the ONNX file")
+    try:
+        graph = onnx_precision(onnx_path)
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{onnx_path}: not a readable ONNX file ({e.__class__.__name__}: {e})") from e
+    if calibrator_kind is not None:
+        if precision != "int8" or graph != "fp32":
+            raise ValueError(f"--calibrator calibrates the FP32 ONNX to INT8: use --precision int8 with the FP32 "
+                             f"ONNX ({onnx_path} is {graph})")
+    elif graph != precision and not (fp32_source_ok and graph == "fp32"):
+        raise ValueError(f"{onnx_path} is a {graph} ONNX; for a {precision} engine give the FP32 ONNX from "
+                         f"export/export_onnx.py (export/build_engine.py makes the {precision} graph from it)")
+    if dla_core is not None and (dla_core < 0 or precision == "fp32"):
+        raise ValueError("--dla-core needs a core number >= 0 and --precision fp16 or int8 (DLA runs no FP32)")
+    return graph
+
+
 def build_engine(onnx_path: str | Path, out_path: str | Path, precision: str, *,
                  batch: tuple[int, int, int] = DEFAULT_BATCH, workspace_mb: int = DEFAULT_WORKSPACE_MB,
                  timing_cache: str | Path | None = None, dla_core: int | None = None,
@@ -52,25 +85,16 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, precision: str, *,
     """Build ``out_path`` from ``onnx_path`` and write it atomically with ``OUT.json``; returns the sidecar.
 
     ``precision`` must match the ONNX graph (an FP16 graph, a Q/DQ INT8 graph, or FP32), except with
-    ``calibrator_kind``: classic INT8 calibration of the FP32 graph on TensorRT 8.5-10.x.
+    ``calibrator_kind``: classic INT8 calibration of the FP32 graph on TensorRT 8.5-10.x (check_request).
     Raises ``shim.MissingDependency`` when tensorrt/pycuda are absent.
     """
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     batch = check_batch(batch)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: use {', '.join(PRECISIONS)}")
-    if out_path.exists() and not force:
-        raise FileExistsError(f"{out_path} exists; pass force=True (--force) to overwrite it")
-    graph_precision = onnx_precision(onnx_path)
+    graph_precision = check_request(onnx_path, out_path, precision, batch=batch, dla_core=dla_core,
+                                    calibrator_kind=calibrator_kind, force=force)
     implicit = calibrator_kind is not None
-    if implicit and (precision != "int8" or graph_precision != "fp32" or calib_set is None):
-        raise ValueError("--calibrator calibrates the FP32 ONNX to INT8: needs --precision int8, "
-                         f"an FP32 ONNX ({onnx_path} is {graph_precision}) and a calibration set")
-    if not implicit and graph_precision != precision:
-        raise ValueError(f"{onnx_path} is {graph_precision}, not {precision}: build {precision} from the "
-                         f"matching ONNX (export/build_engine.py makes it from the FP32 one)")
-    if dla_core is not None and precision == "fp32":
-        raise ValueError("DLA runs FP16 or INT8 only: use --precision fp16 or int8 with --dla-core")
+    if implicit and calib_set is None:
+        raise ValueError("--calibrator needs a calibration set")
     calibration_key = calib_set.key if implicit else read_metadata(onnx_path).get("calibration_key")
     onnx_sha = sha256_file(onnx_path)
 

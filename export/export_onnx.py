@@ -4,26 +4,22 @@
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import collections
 import io
 import json
 import platform
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from runtime import preprocess, schema
+from core import preprocess, schema
+from core.files import atomic_write_bytes, sha1_file, sha256_file
+from export.quantize import set_metadata
 from runtime.backends import INPUT_NAME, OUTPUTS
-from runtime.files import atomic_write_bytes, sha1_file, sha256_file
 
 DEFAULT_OPSET = 17
 BACKBONE_OPS = {"Conv", "HardSwish", "HardSigmoid", "Relu", "GlobalAveragePool", "Mul", "Add"}
@@ -95,19 +91,12 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def embed_metadata(path: Path, props: dict[str, str]) -> None:
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-    atomic_write_bytes(path, model.SerializeToString())
-
-
 def build_golden(model: torch.nn.Module, faces_dir: Path, masks_dir: Path, count: int, seed: int, meta: dict):
     """The fixed verification set: ``count`` test faces under every condition, with PyTorch predictions."""
+    from core.occlusion import CONDITIONS
+    from core.samples import occluded_crops
     from runtime.golden import Golden
-    from train.evaluate import load_faces, occluded_crops
-    from train.occlusion import CONDITIONS
+    from train.evaluate import load_faces
 
     faces = load_faces(faces_dir, "test", limit=count)
     face_index, conds, mask_ids, masks, crops = [], [], [], [], []
@@ -156,9 +145,14 @@ def parity(onnx_path: Path, crops: np.ndarray, reference: dict[str, np.ndarray])
     return {n: float(np.abs(pred[n] - reference[n]).max() * scale.get(n, 1)) for n in reference}
 
 
+def cli() -> None:
+    """Console-script entry point (pyproject.toml)."""
+    main()  # returns its results for callers in Python; the exit status is 0 unless it raises
+
+
 def main(argv: list[str] | None = None) -> dict:
+    from core.data import DEFAULT_FACES, DEFAULT_MASKS
     from train.checkpoint import load_model
-    from train.data import DEFAULT_FACES, DEFAULT_MASKS
     from train.model import variant_name
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,7 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
         "checkpoint_sha256": checkpoint_sha, "tools": json.dumps(tool_versions()),
         "simplified": "no" if notes or args.no_simplify else "yes",
     }
-    embed_metadata(args.out, meta)
+    proto = onnx.load(str(args.out))
+    set_metadata(proto, meta)
+    atomic_write_bytes(args.out, proto.SerializeToString())
     result = {"onnx": str(args.out), "ops": dict(ops)}
 
     if args.faces.is_dir() and args.masks.is_dir():

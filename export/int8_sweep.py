@@ -12,21 +12,17 @@ in export/quantize.py. This is how the stem was found (docs/deployment.md).
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import json
 import re
+import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
 
-from runtime.files import atomic_write_bytes
+from core.files import atomic_write_bytes
 from runtime.golden import Golden
 from runtime.onnxruntime_backend import OnnxRuntimeBackend
 from runtime.verify import DEFAULT_FACES, compare, run_model

@@ -12,22 +12,20 @@ checked here.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
+import contextlib
+import io
 import json
+import sys
 import logging
 import tempfile
+from pathlib import Path
 
 import onnx
 
 from calibration.dataset import DEFAULT_COUNT, CalibrationSet, build_calibration_set
-from runtime.files import atomic_write_bytes, sha256_file
-from train.data import DEFAULT_FACES
+from core.data import DEFAULT_FACES
+from core.files import atomic_write_bytes, sha256_file
 
 
 def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, str]:
@@ -86,7 +84,7 @@ def make_fp16(src: Path, dst: Path) -> Path:
     return _finish(model, src, dst, {"precision": "fp16", "modelopt": _modelopt_version()})
 
 
-def make_int8(src: Path, dst: Path, calib_set: CalibrationSet, method: str = "entropy") -> Path:
+def make_int8(src: Path, dst: Path, calib_set: CalibrationSet, method: str = "entropy", verbose: bool = False) -> Path:
     """INT8 Q/DQ graph via modelopt.onnx.quantization.quantize, calibrated on ``calib_set`` on the CPU.
 
     Weights are quantized per output channel and activations per tensor, symmetric
@@ -101,11 +99,22 @@ def make_int8(src: Path, dst: Path, calib_set: CalibrationSet, method: str = "en
     if method not in ("entropy", "max"):
         raise ValueError(f"calibration method {method!r}: use entropy or max")
     _quiet_modelopt()
+    # ONNX Runtime's histogram collector prints a line and a progress bar per calibration batch: kept off
+    # the console unless asked for, and shown if quantization fails
+    captured = io.StringIO()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "int8.onnx"
-        quantize(str(src), quantize_mode="int8", calibration_data=calib_set.inputs, calibration_method=method,
-                 calibration_eps=["cpu"], output_path=str(out), high_precision_dtype="fp32", log_level="WARNING",
-                 op_types_to_exclude=FLOAT_OP_TYPES, nodes_to_exclude=FLOAT_NODES)
+        try:
+            with contextlib.ExitStack() as quiet:
+                if not verbose:
+                    quiet.enter_context(contextlib.redirect_stdout(captured))
+                    quiet.enter_context(contextlib.redirect_stderr(captured))
+                quantize(str(src), quantize_mode="int8", calibration_data=calib_set.inputs, calibration_method=method,
+                         calibration_eps=["cpu"], output_path=str(out), high_precision_dtype="fp32",
+                         log_level="WARNING", op_types_to_exclude=FLOAT_OP_TYPES, nodes_to_exclude=FLOAT_NODES)
+        except BaseException:
+            sys.stderr.write(captured.getvalue())
+            raise
         model = onnx.load(str(out))
     return _finish(model, src, dst, {
         "precision": "int8", "calibration_key": calib_set.key, "calibration_method": method,
@@ -125,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calib-method", choices=["entropy", "max"], default="entropy",
                     help="activation range calibration (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="calibration image selection seed (default: %(default)s)")
+    ap.add_argument("--verbose", action="store_true", help="let ModelOpt and ONNX Runtime print their progress")
     args = ap.parse_args(argv)
     if not args.onnx.is_file():
         ap.error(f"{args.onnx}: no such ONNX file")
@@ -141,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         calib = build_calibration_set(args.calib_faces, args.calib_count, args.seed)
         print(f"calibration set: {len(calib.paths)} images ({int(calib.occluded.sum())} occluded, "
               f"{calib.framing}), key {calib.key[:12]}")
-        print(f"wrote {make_int8(args.onnx, args.int8, calib, args.calib_method)}")
+        print(f"wrote {make_int8(args.onnx, args.int8, calib, args.calib_method, args.verbose)}")
     print(json.dumps({"fp16": str(args.fp16) if args.fp16 else None, "int8": str(args.int8) if args.int8 else None}))
 
 

@@ -1,8 +1,8 @@
 """Latency, throughput and memory of landmark models, with PyTorch eager and dlib as optional references.
 
     python -m runtime.benchmark --model model.onnx --model model_int8.onnx --batch 1,8,32 --json bench.json
-    python -m runtime.benchmark --model model.onnx --batch 1 --torch-checkpoint weights/mobilenet_l.pt --dlib \\
-        --threads 2 --json bench.json
+    python -m runtime.benchmark --model model.onnx --batch 1 --dlib --threads 2 --json bench.json
+    python -m train.benchmark ... --torch-checkpoint weights/mobilenet_l.pt   # + PyTorch eager (needs torch)
 
 For every candidate and batch size: warm-up calls, then --runs timed calls of one batch, reported as the
 median, p90 and p99 latency per batch, ms per face and faces/s. Every library runs with its defaults.
@@ -22,6 +22,11 @@ Peak memory (peak_rss_mb): each candidate is loaded and run at the batch sizes i
 the figure is that process's RSS high-water mark (getrusage) minus its value before the candidate was
 built: the backend library, the model, and the buffers up to that batch size. TensorRT device memory is
 not part of it. --no-memory skips this (a few seconds per candidate).
+
+A busy machine makes every ratio meaningless, so the benchmark first looks at the load (the 1-minute
+load average and the share of CPU time other processes take over a second): above the core count it
+says so, waits for the machine to settle (--settle-timeout), and if it stays busy it runs anyway but
+prints a warning beside the results and marks them "clean": false in the JSON.
 
 Measuring a Jetson: run it there with the .engine files (and the .onnx for ONNX Runtime), nothing else
 running, after `sudo nvpmodel -m 0 && sudo jetson_clocks` so the clocks do not scale during the run.
@@ -46,11 +51,13 @@ from typing import Callable
 
 import numpy as np
 
-from .faces import dlib_shape_predictor_path
-from .files import DEFAULT_DATA, atomic_write_bytes
-from .preprocess import crop_matrix, read_image, to_input, warp, whole_image_box
+from core.data import DEFAULT_FACES
+from core.files import atomic_write_bytes
+from core.preprocess import crop_face, read_image, to_input, whole_image_box
 
-DEFAULT_FACES = DEFAULT_DATA / "faces" / "cacd"
+from .faces import dlib_shape_predictor_path
+
+BENCH_FACES = DEFAULT_FACES / "cacd"  # the benchmark times one real face from here
 BLOCK = 10  # timed calls per candidate before the next one takes its turn
 SETTLE_S = 0.25  # pause after each block: long enough for spinning thread pools to go to sleep
 
@@ -74,6 +81,7 @@ class Spec:
     threads: int | None = None
     face: str | None = None
     label: str = ""
+    builder: Callable[["Spec", np.ndarray], Candidate] | None = None  # kind "torch": from train.benchmark
 
 
 def ru_maxrss_mb() -> float:
@@ -100,7 +108,7 @@ def build(spec: Spec, max_batch: int, sample: tuple | None = None) -> Candidate:
     """The candidate ready to run; ``sample`` is face_sample(spec.face), computed once by the caller."""
     image, box = sample or face_sample(spec.face)
     if spec.kind in ("model", "torch"):  # the input buffer: ready crops for the largest batch
-        crops = to_input(np.repeat(warp(image, crop_matrix(box))[None], max_batch, axis=0))
+        crops = to_input(np.repeat(crop_face(image, box)[0][None], max_batch, axis=0))
     if spec.kind == "model":
         from .backends import backend_for, load_backend
 
@@ -108,20 +116,8 @@ def build(spec: Spec, max_batch: int, sample: tuple | None = None) -> Candidate:
         options = {"threads": spec.threads} if name == "onnxruntime" else {}
         be = load_backend(spec.path, name, **options)
         return Candidate(spec.label, "model", be.name, be.precision, lambda n: be.run(crops[:n]), be.max_batch)
-    if spec.kind == "torch":
-        import torch  # only here: the runtime itself never needs torch
-
-        from train.checkpoint import load_model
-
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
-        model, x = load_model(Path(spec.path)), torch.from_numpy(crops)
-
-        def run_torch(n: int):
-            with torch.inference_mode():
-                return model(x[:n])
-
-        return Candidate(spec.label, "torch", "pytorch-eager", "fp32", run_torch)
+    if spec.kind == "torch":  # the runtime never imports torch: train.benchmark hands in the builder
+        return spec.builder(spec, crops)
     if spec.kind == "dlib":
         import dlib
 
@@ -132,9 +128,8 @@ def build(spec: Spec, max_batch: int, sample: tuple | None = None) -> Candidate:
         return Candidate(spec.label, "dlib", "dlib", "fp64",
                          lambda n: [predictor(rgb, rect) for _ in range(n)])
     if spec.kind == "preprocess":
-        m = crop_matrix(box)
         return Candidate(spec.label, "preprocess", "opencv", "uint8",
-                         lambda n: to_input(np.stack([warp(image, m) for _ in range(n)])))
+                         lambda n: to_input(np.stack([crop_face(image, box)[0] for _ in range(n)])))
     raise ValueError(f"unknown candidate kind {spec.kind!r}")
 
 
@@ -221,9 +216,45 @@ def parse_batches(text: str) -> list[int]:
     return batches
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runtime.benchmark", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def machine_load(window_s: float = 1.0) -> dict:
+    """The 1-minute load average and how many CPUs' worth of time other processes took over ``window_s``."""
+    def cpu_times() -> tuple[int, int]:
+        fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = {"cpus": cpus, "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    if Path("/proc/stat").exists():
+        total0, idle0 = cpu_times()
+        time.sleep(window_s)
+        total1, idle1 = cpu_times()
+        busy = 1 - (idle1 - idle0) / max(1, total1 - total0)
+        load["busy_cpus"] = round(busy * (os.cpu_count() or cpus), 2)
+    load["busy"] = bool(load.get("busy_cpus", 0) > 0.5 * cpus or (load["load_avg_1m"] or 0) > cpus)
+    return load
+
+
+def wait_until_quiet(timeout_s: float, poll_s: float = 5.0) -> dict:
+    """Poll the load until the machine is quiet or ``timeout_s`` has passed; the last reading."""
+    load, start = machine_load(), time.time()
+    if load["busy"]:
+        print(f"machine busy (load {load['load_avg_1m']} on {load['cpus']} CPUs, other processes using "
+              f"{load.get('busy_cpus')} CPUs): waiting up to {timeout_s:.0f} s for it to settle", file=sys.stderr)
+    while load["busy"] and time.time() - start < timeout_s:
+        time.sleep(poll_s)
+        load = machine_load()
+    return load
+
+
+def cli() -> None:
+    """Console-script entry point (pyproject.toml)."""
+    sys.exit(main())
+
+
+def main(argv: list[str] | None = None, torch_builder: Callable | None = None) -> int:
+    """The benchmark; ``torch_builder`` (train.benchmark) adds --torch-checkpoint, PyTorch eager as a candidate."""
+    ap = argparse.ArgumentParser(prog="python -m train.benchmark" if torch_builder else "python -m runtime.benchmark",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", required=True, metavar="M",
                     help="model file (.onnx, .engine); repeat to compare; the first is the ratios' reference")
     ap.add_argument("--backend", choices=["onnxruntime", "tensorrt"], help="override the backend chosen by extension")
@@ -232,16 +263,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="untimed calls per candidate and batch (default: %(default)s)")
     ap.add_argument("--runs", type=int, default=50, help="timed calls per candidate and batch (default: %(default)s)")
     ap.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime and PyTorch (default: theirs)")
-    ap.add_argument("--torch-checkpoint", metavar="PT", help="also time PyTorch eager on this checkpoint (needs torch)")
+    if torch_builder:
+        ap.add_argument("--torch-checkpoint", metavar="PT", help="also time PyTorch eager on this checkpoint")
     ap.add_argument("--dlib", action="store_true", help="also time dlib's 68-point shape predictor on a real face")
     ap.add_argument("--face", default=None,
-                    help=f"real face image for dlib and the inputs (default: first of {DEFAULT_FACES})")
+                    help=f"real face image for dlib and the inputs (default: first of {BENCH_FACES})")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    ap.add_argument("--settle-timeout", type=float, default=120, metavar="S",
+                    help="how long to wait for a busy machine to settle before timing anyway (default: %(default)s)")
     ap.add_argument("--json", required=True, type=Path, metavar="OUT.json", help="where to write the results")
     args = ap.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
         ap.error("--runs must be at least 1 and --warmup at least 0")
-    face = args.face or next(iter(sorted(glob.glob(str(DEFAULT_FACES / "*.jpg")))), None)
+    face = args.face or next(iter(sorted(glob.glob(str(BENCH_FACES / "*.jpg")))), None)
 
     specs, seen = [], set()
     for m in args.model:
@@ -249,8 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         seen.add(label)
         specs.append(Spec("model", m, args.backend, args.threads, face, label))
     specs.append(Spec("preprocess", face=face, label="preprocess"))
-    if args.torch_checkpoint:
-        specs.append(Spec("torch", args.torch_checkpoint, threads=args.threads, face=face, label="pytorch-eager"))
+    torch_checkpoint = getattr(args, "torch_checkpoint", None)
+    if torch_checkpoint:
+        specs.append(Spec("torch", torch_checkpoint, threads=args.threads, face=face, label="pytorch-eager",
+                          builder=torch_builder))
     if args.dlib:
         specs.append(Spec("dlib", face=face, label="dlib-shape-predictor"))
     try:
@@ -269,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"face: {face or 'none found: random pixels'}; warm-up {args.warmup}, {args.runs} interleaved runs",
           file=sys.stderr)
+    load_before = wait_until_quiet(args.settle_timeout)
     rows = []
     for n in args.batch:
         active = [c for c in cands if c.max_batch is None or n <= c.max_batch]
@@ -290,13 +327,21 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {"note": "per-face speedup = reference ms/face / candidate ms/face (>1: candidate faster); "
                       "vs_dlib adds the preprocess ms/face to each candidate, as dlib's figure includes its own",
               "vs_first": speedups(rows, specs[0].label)}
-    if args.torch_checkpoint:
+    if torch_checkpoint:
         ratios["vs_pytorch"] = speedups(rows, "pytorch-eager")
     if args.dlib:
         ratios["vs_dlib"] = speedups(rows, "dlib-shape-predictor", pre)
 
+    load_after = machine_load()
+    clean = not (load_before["busy"] or load_after["busy"])
     print_table(rows, ratios)
-    doc = {"machine": machine_info(args.threads),
+    if not clean:
+        print(f"WARNING: the machine was busy while timing (before: load {load_before['load_avg_1m']}, "
+              f"{load_before.get('busy_cpus')} CPUs used by others; after: load {load_after['load_avg_1m']}): "
+              f"the figures and ratios above are not clean measurements; run again on a quiet machine",
+              file=sys.stderr)
+    doc = {"machine": machine_info(args.threads), "clean": clean,
+           "load": {"before": load_before, "after": load_after},
            "settings": {"batches": args.batch, "warmup": args.warmup, "runs": args.runs, "face": face,
                         "interleaved": f"round robin in blocks of {BLOCK} calls, {SETTLE_S} s settle between blocks, "
                                        "starting candidate rotated each round"},

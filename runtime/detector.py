@@ -7,8 +7,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from core.preprocess import Box, crop_face, ensure_bgr, output_to_image, to_input, whole_image_box
+
 from .backends import Backend, landmarks_output, load_backend
-from .preprocess import Box, crop_matrix, ensure_bgr, output_to_image, to_input, warp, whole_image_box
 
 
 @dataclass
@@ -57,8 +58,8 @@ class LandmarkDetector:
         for i, image in enumerate(images):
             image = ensure_bgr(image, f"image {i}")
             box = boxes[i] if boxes is not None and boxes[i] is not None else whole_image_box(*image.shape[:2])
-            m = crop_matrix(box)
-            crops.append(warp(image, m))
+            crop, m = crop_face(image, box)
+            crops.append(crop)
             mats.append(m)
             used.append(tuple(float(v) for v in box))
         out: list[FaceLandmarks] = []

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .preprocess import Box, ensure_bgr
+from core.preprocess import Box, ensure_bgr
 
 DETECTORS = ("auto", "dlib", "haar")
 

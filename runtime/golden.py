@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_bytes, sha1_file
-from .preprocess import INPUT_SIZE, PREPROCESS_VERSION, ImageError, crop_matrix, occlude, read_image, warp
+from core.files import atomic_write_bytes, sha1_file
+from core.preprocess import INPUT_SIZE, PREPROCESS_VERSION, ImageError, crop_face, crop_matrix, occlude, read_image
 
 GOLDEN_FORMAT = "landmarks-golden-v1"  # v1 files of models with heads add reference_visibility/_score
 
@@ -52,8 +52,8 @@ class Golden:
             masks=np.packbits(self.masks.astype(bool), axis=-1), reference=self.reference.astype(np.float32),
         )
         if self.reference_visibility is not None:
-            arrays |= dict(reference_visibility=self.reference_visibility.astype(np.float32),
-                           reference_score=self.reference_score.astype(np.float32))
+            arrays.update(reference_visibility=self.reference_visibility.astype(np.float32),
+                          reference_score=self.reference_score.astype(np.float32))
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         atomic_write_bytes(path, buf.getvalue())
@@ -94,7 +94,7 @@ class Golden:
                 raise ImageError(f"{file}: golden image missing (is --faces the folder the golden set came from?)")
             if sha1_file(file) != self.sha1[f]:
                 raise ImageError(f"{file}: differs from the image the golden set was made from")
-            crop = warp(read_image(file), crop_matrix(self.boxes[f]))
+            crop, _ = crop_face(read_image(file), self.boxes[f])
             for s in np.flatnonzero(self.face_index == f):
                 out[s] = occlude(crop, self.masks[s].astype(np.uint8))
         return out

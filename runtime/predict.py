@@ -30,13 +30,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.data import IMAGE_EXTENSIONS
+from core.files import atomic_write_bytes
+from core.preprocess import ImageError, ensure_bgr, read_image
+from core.progress import Progress
+from core.schema import GROUPS
+
 from .detector import LandmarkDetector
 from .faces import detect_faces, load_detector
-from .files import atomic_write_bytes
-from .preprocess import ImageError, ensure_bgr, read_image
-from .schema import GROUPS
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 # BGR colour of each landmark group
@@ -97,19 +99,17 @@ def to_json(faces: list[dict]) -> list[dict]:
 def image_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise InputError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+        raise InputError(f"{path}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
     return files
 
 
 def run_images(det: LandmarkDetector, files: list[Path], out: Path, detector: str, whole: bool) -> tuple[dict, int]:
     """Annotate image files into ``out``; returns (landmarks.json document, exit status)."""
-    from tqdm import tqdm
-
     images, no_face, unreadable = [], [], {}
     n_faces, busy = 0, 0.0
-    bar = tqdm(total=len(files), unit="img", desc="images", disable=len(files) < 2)
+    bar = Progress(total=len(files), unit="img", desc="images", disable=len(files) < 2)
     for start in range(0, len(files), det.batch_size):  # a chunk of images: their faces form one batch
         chunk = []
         for path in files[start:start + det.batch_size]:
@@ -163,8 +163,6 @@ def open_stream(spec: str) -> tuple[cv2.VideoCapture, str]:
 def run_stream(det: LandmarkDetector, spec: str, out: Path, detector: str, whole: bool,
                max_frames: int | None, show_fps: bool) -> tuple[dict, int]:
     """Annotate every frame of a video, camera or pipeline into OUT/<name>.mp4."""
-    from tqdm import tqdm
-
     cap, name = open_stream(spec)
     ok, frame = cap.read()
     if not ok:
@@ -182,7 +180,7 @@ def run_stream(det: LandmarkDetector, spec: str, out: Path, detector: str, whole
     frames, no_face = [], []
     window = collections.deque(maxlen=30)  # (faces, seconds) of the last frames: a rate that follows the scene
     n_faces, busy, index = 0, 0.0, 0
-    bar = tqdm(total=total, unit="frame", desc=name)
+    bar = Progress(total=total, unit="frame", desc=name)
     try:
         while ok and (max_frames is None or index < max_frames):
             frame = ensure_bgr(frame, f"{spec} frame {index}")
@@ -214,6 +212,11 @@ def run_stream(det: LandmarkDetector, spec: str, out: Path, detector: str, whole
     return {"video": final.name, "fps": fps, "size": [width, height], "frames": frames, "no_face": no_face}, 0
 
 
+def cli() -> None:
+    """Console-script entry point (pyproject.toml)."""
+    sys.exit(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m runtime.predict", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -243,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(spec)
     if not stream and not path.exists():
         return fail(f"{spec}: no such file or folder")
-    if not stream and path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
-        return fail(f"{spec}: unknown file type {path.suffix!r}: images are {', '.join(sorted(IMAGE_SUFFIXES))}, "
+    if not stream and path.is_file() and path.suffix.lower() not in IMAGE_EXTENSIONS | VIDEO_SUFFIXES:
+        return fail(f"{spec}: unknown file type {path.suffix!r}: images are {', '.join(sorted(IMAGE_EXTENSIONS))}, "
                     f"videos {', '.join(sorted(VIDEO_SUFFIXES))}")
     stream = stream or path.suffix.lower() in VIDEO_SUFFIXES
     if not stream and (path if path.is_dir() else path.parent).resolve() == args.out.resolve():
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ImageError, FileNotFoundError, ValueError, RuntimeError) as e:
         return fail(str(e))
     doc = {"model": str(args.model), "backend": det.backend.name, "precision": det.backend.precision,
-           "detector": detector, "input": spec, "points": "68 iBUG landmarks (x, y) in image pixels"} | doc
+           "detector": detector, "input": spec, "points": "68 iBUG landmarks (x, y) in image pixels", **doc}
     atomic_write_bytes(args.out / "landmarks.json", json.dumps(doc).encode())
     return status
 

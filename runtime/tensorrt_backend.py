@@ -19,8 +19,13 @@ class EngineMismatch(RuntimeError):
     """The engine was built for another TensorRT version or GPU."""
 
 
+def sidecar_path(engine_path: str | Path) -> Path:
+    """``model.engine`` -> ``model.engine.json``: what the engine was built for (export/engine.py writes it)."""
+    return Path(f"{engine_path}.json")
+
+
 def read_sidecar(engine_path: Path) -> dict:
-    path = Path(f"{engine_path}.json")
+    path = sidecar_path(engine_path)
     if not path.is_file():
         raise FileNotFoundError(f"{engine_path}: no sidecar {path.name} next to it, so what it was built for is "
                                 f"unknown; rebuild it with export/build_engine.py")

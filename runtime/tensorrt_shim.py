@@ -200,7 +200,7 @@ def load_timing_cache(config: Any, path: Path | None) -> Any:
 def save_timing_cache(config: Any, path: Path | None) -> None:
     if path is None:
         return
-    from runtime.files import atomic_write_bytes
+    from core.files import atomic_write_bytes
 
     atomic_write_bytes(Path(path), bytes(memoryview(config.get_timing_cache().serialize())))
 

@@ -21,17 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
+from core.data import DEFAULT_FACES
+from core.files import atomic_write_bytes
+from core.metrics import nmse_per_face
+from core.preprocess import INPUT_SIZE, output_to_image, to_input
+
 from .backends import Outputs, landmarks_output, load_backend
-from .files import DEFAULT_DATA, atomic_write_bytes
 from .golden import Golden
-from .metrics import nmse_per_face
-from .preprocess import INPUT_SIZE, output_to_image, to_input
 
 DEFAULT_BOUNDS = {"fp32": 0.01, "fp16": 0.05, "int8": 0.30}  # |ΔNMSE| in NMSE percentage points
 # Heads, per precision: (max |Δ probability| of visibility and face score, min visible/hidden agreement).
 HEAD_BOUNDS = {"fp32": (1e-3, 0.999), "fp16": (0.05, 0.99), "int8": (0.25, 0.97)}
 VISIBLE = 0.5  # a point counts as visible at or above this probability
-DEFAULT_FACES = DEFAULT_DATA / "faces"
 
 
 def to_image(pred: np.ndarray, matrices: np.ndarray) -> np.ndarray:
@@ -90,11 +91,11 @@ def judge(per_cond: dict[str, dict], precision: str, bounds: dict[str, float]) -
     ok = result["max_abs_delta_nmse"] <= bound and all(np.isfinite(r["max_dev_px"]) for r in rows)
     if "max_prob_diff" in rows[0]:
         prob_bound, agree_bound = HEAD_BOUNDS.get(precision, HEAD_BOUNDS["fp32"])
-        result |= {"prob_bound": prob_bound, "agreement_bound": agree_bound,
-                   "max_prob_diff": worst(r["max_prob_diff"] for r in rows),
-                   "min_visibility_agreement": -worst(-r["visibility_agreement"] for r in rows)}
+        result.update({"prob_bound": prob_bound, "agreement_bound": agree_bound,
+                       "max_prob_diff": worst(r["max_prob_diff"] for r in rows),
+                       "min_visibility_agreement": -worst(-r["visibility_agreement"] for r in rows)})
         ok = ok and result["max_prob_diff"] <= prob_bound and result["min_visibility_agreement"] >= agree_bound
-    return result | {"pass": bool(ok)}
+    return {**result, "pass": bool(ok)}
 
 
 def _finite(obj):
@@ -115,6 +116,11 @@ def parse_bounds(items: list[str]) -> dict[str, float]:
             raise SystemExit(f"--bound {item!r}: use fp32=X, fp16=X or int8=X")
         bounds[key] = float(value)
     return bounds
+
+
+def cli() -> None:
+    """Console-script entry point (pyproject.toml)."""
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:

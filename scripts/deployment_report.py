@@ -12,7 +12,9 @@ import json
 import shutil
 from pathlib import Path
 
-COND = ["clean", "10-20", "30-40", "40-50", "50-60", "center25"]
+from core.occlusion import CONDITIONS
+
+COND = list(CONDITIONS)
 
 
 def parity_table(verify: dict) -> str:

@@ -24,6 +24,7 @@ class Pipeline:
     def __init__(self, out: Path):
         self.out = out
         self.steps: list[tuple[str, str, float]] = []  # (step, status, seconds)
+        self.sample_model: Path | None = None  # the model that drew the annotated samples
 
     def run(self, name: str, cmd: list[str], verdict=None) -> bool:
         """Run a step; ``verdict(returncode)`` may name a non-zero exit that is a finding, not a failure."""
@@ -39,14 +40,20 @@ class Pipeline:
         self.steps.append((name, f"skipped: {why}", 0.0))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "out", help="output folder (default: %(default)s)")
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "weights" / "mobilenet_l.pt")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="(default: %(default)s)")
     ap.add_argument("--golden-faces", type=int, default=200, help="test faces in the golden set (default: %(default)s)")
     ap.add_argument("--calib-count", type=int, help="INT8 calibration images (default: export/quantize.py's)")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run of every step: 4 evaluated faces, 3 golden faces, 16 calibration images, "
+                         "benchmark at batch 1 with 5 runs and no wait for a quiet machine")
+    ap.add_argument("--verbose", action="store_true", help="let third-party tools print their own progress")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.golden_faces, args.calib_count = 3, 16
     out, py = args.out, sys.executable
     out.mkdir(parents=True, exist_ok=True)
     faces, masks = args.data / "faces", args.data / "masks" / "nvidia_irregular_test"
@@ -59,14 +66,15 @@ def main() -> int:
     if have_data:
         p.run("evaluate the PyTorch reference (paper protocol)",
               [py, "-m", "train.evaluate", "--checkpoint", str(args.checkpoint), "--faces", str(faces),
-               "--masks", str(masks), "--split", "test", "--json", str(out / "eval_pytorch.json")])
+               "--masks", str(masks), "--split", "test", "--json", str(out / "eval_pytorch.json")]
+              + (["--limit", "4"] if args.quick else []))
     else:
         p.skip("evaluate the PyTorch reference", f"no face data at {args.data}")
     if not p.run("export ONNX (+ golden set and parity check when data is present)",
-                 [py, "export/export_onnx.py", "--checkpoint", str(args.checkpoint), "--out", str(onnx),
+                 [py, "-m", "export.export_onnx", "--checkpoint", str(args.checkpoint), "--out", str(onnx),
                   "--faces", str(faces), "--masks", str(masks), "--golden-faces", str(args.golden_faces)]):
         return summary(p)
-    quant = [py, "export/quantize.py", "--onnx", str(onnx), "--fp16", str(fp16)]
+    quant = [py, "-m", "export.quantize", "--onnx", str(onnx), "--fp16", str(fp16)] + (["--verbose"] if args.verbose else [])
     if have_data:
         quant += ["--int8", str(int8), "--calib-faces", str(faces)] + (
             ["--calib-count", str(args.calib_count)] if args.calib_count else [])
@@ -79,7 +87,7 @@ def main() -> int:
         if not m.exists():
             continue
         if have_trt:
-            if p.run(f"TensorRT engine {precision}", [py, "export/build_engine.py", "--onnx", str(m),
+            if p.run(f"TensorRT engine {precision}", [py, "-m", "export.build_engine", "--onnx", str(m),
                                                       "--precision", precision, "--out", str(engine), "--force"]):
                 models.append(engine)
         else:
@@ -99,8 +107,10 @@ def main() -> int:
                str(verify_json)] + [a for m in models for a in ("--model", str(m))], parity_verdict)
     else:
         p.skip("parity verification", "no golden set (needs the face data)")
-    bench = [py, "-m", "runtime.benchmark", "--batch", "1,8,32", "--torch-checkpoint", str(args.checkpoint),
-             "--json", str(out / "benchmark.json")] + [a for m in models for a in ("--model", str(m))]
+    bench = [py, "-m", "train.benchmark", "--torch-checkpoint", str(args.checkpoint), "--json",
+             str(out / "benchmark.json")] + [a for m in models for a in ("--model", str(m))] + (
+        ["--batch", "1", "--runs", "5", "--warmup", "1", "--no-memory", "--settle-timeout", "0"] if args.quick
+        else ["--batch", "1,8,32"])
     p.run("benchmark", bench + (["--dlib"] if importlib.util.find_spec("dlib") else []))
     if have_data:
         samples = out / "samples_in"
@@ -109,6 +119,7 @@ def main() -> int:
             link = samples / rel.replace("/", "_")
             if not link.exists() and (faces / rel).exists():
                 link.symlink_to(faces / rel)
+        p.sample_model = models[-1]
         p.run("annotated sample images", [py, "-m", "runtime.predict", "--model", str(models[-1]),
                                           "--input", str(samples), "--out", str(out / "samples")])
     else:
@@ -126,15 +137,29 @@ def summary(p: Pipeline) -> int:
         f = out / f"{name}.json"
         if f.exists():
             table[name] = json.loads(f.read_text())
+    table["units"] = {"nmse": "% of the inter-pupil distance, lower is better",
+                      "delta_nmse": "NMSE percentage points against the PyTorch reference",
+                      "ms_per_face": "milliseconds per face, median"}
     if "eval_pytorch" in table:
-        print("  PyTorch NMSE (all faces): " + ", ".join(
+        print("  PyTorch NMSE (% of the inter-pupil distance, lower is better), all faces: " + ", ".join(
             f"{k} {v:.2f}" for k, v in table["eval_pytorch"]["nmse"]["all"].items()))
     for model, r in table.get("verify", {}).get("models", {}).items():
-        print(f"  {Path(model).name:<28} {r['precision']:<5} max |ΔNMSE| {r['max_abs_delta_nmse']:.4f} "
+        print(f"  {Path(model).name:<28} {r['precision']:<5} max |ΔNMSE| {r['max_abs_delta_nmse']:.4f} points "
               f"(bound {r['bound']}) {'PASS' if r['pass'] else 'FAIL'}")
     for r in table.get("benchmark", {}).get("results", []):
         if r.get("batch") == 1:
             print(f"  {Path(str(r['model'])).name:<28} batch 1: {r['ms_per_face']:.2f} ms/face (median)")
+    if table.get("benchmark", {}).get("clean") is False:
+        print("  (the machine was busy during the benchmark: its figures are not clean; see benchmark.json)")
+    artifacts = {f.name: str(f) for f in sorted(out.iterdir()) if f.is_file() and f.suffix in
+                 (".onnx", ".engine", ".npz", ".json")}
+    if (out / "samples").is_dir():
+        artifacts["samples/"] = str(out / "samples")
+    table["artifacts"] = artifacts
+    table["samples_drawn_by"] = str(p.sample_model) if p.sample_model else None
+    print("  artifacts: " + ", ".join(sorted(artifacts)) + f" (in {out})")
+    if p.sample_model:
+        print(f"  annotated samples drawn by {p.sample_model.name}: {out / 'samples'}")
     (out / "summary.json").write_text(json.dumps(table, indent=1))
     failed = [n for n, s, _ in p.steps if s == "FAILED"]
     print(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all steps ran'}; outputs in {out}")

@@ -12,17 +12,13 @@ DOCS/results.json: for new ablation runs (more seeds, another budget) without re
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import importlib.util
 import itertools
 import json
 import math
 import tempfile
+from pathlib import Path
 
 import cv2
 import matplotlib
@@ -32,24 +28,25 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from core.data import DEFAULT_FACES, DEFAULT_MASKS
+from core.files import atomic_write_bytes
+from core.occlusion import CONDITIONS
+from core.pose import SIDE_YAW_DEG
+from core.preprocess import INPUT_SIZE, to_input
+from core.samples import occluded_crops
 from runtime.backends import landmarks_output
 from runtime.benchmark import Candidate, machine_info, time_interleaved
-from runtime.files import atomic_write_bytes
 from runtime.onnxruntime_backend import OnnxRuntimeBackend
-from runtime.preprocess import INPUT_SIZE, to_input
 from train import checkpoint
 from train.baselines import dlib_pretrained_predictor
-from train.data import DEFAULT_FACES, DEFAULT_MASKS
 from train.esr import esr_predictor
 from train.evaluate import (PAPER_FIG9, PAPER_METHODS, PAPER_TOTAL_S, Predictor, evaluate, format_tables, load_faces,
-                            occluded_crops, torch_ms_per_face, torch_predictor)
+                            torch_ms_per_face, torch_predictor)
 from train.fan import FORMAT as FAN_FORMAT
 from train.fan import load_fan
 from train.model import ABLATIONS
-from train.occlusion import CONDITIONS
-from train.pose import SIDE_YAW_DEG
 
-COLS = ["clean", "10-20", "30-40", "40-50", "50-60", "center25"]
+COLS = list(CONDITIONS)
 PAPER_COLS = COLS[1:]  # the paper reports no clean column
 BIN_X = {"clean": 0, "10-20": 15, "30-40": 35, "40-50": 45, "50-60": 55}  # bin centres, % coverage
 CENTRE_X = 25  # the centre square covers 25 %
@@ -258,7 +255,7 @@ def occlusion_plot(methods: dict[str, dict], path: Path) -> None:
 
 def examples(model, faces_dir: Path, masks_dir: Path, path: Path, n: int = 4) -> None:
     """Rows: test faces (frontal and side); columns: conditions. Green = prediction, red = teacher."""
-    from runtime.preprocess import image_to_target
+    from core.preprocess import image_to_target
 
     predict = torch_predictor(model)
     faces = load_faces(faces_dir, "test")

@@ -30,10 +30,10 @@ def split_rows() -> list[dict]:
 @pytest.fixture
 def tmp_cache(tmp_path, monkeypatch):
     """Point the label/crop cache at a temporary folder."""
-    import train.data
+    import core.data
 
     cache = tmp_path / "cache"
-    monkeypatch.setattr(train.data, "CACHE_ROOT", cache)
+    monkeypatch.setattr(core.data, "CACHE_ROOT", cache)
     monkeypatch.setenv("LANDMARK_CACHE", str(cache))
     return cache
 

@@ -3,7 +3,6 @@ import shutil
 
 import cv2
 import numpy as np
-import pytest
 
 from tests.conftest import FACES, needs_data, needs_dlib
 
@@ -11,8 +10,8 @@ from tests.conftest import FACES, needs_data, needs_dlib
 @needs_data
 @needs_dlib
 def test_teacher_labels_real_faces_and_reports_failures(tmp_path, tmp_cache):
+    from core.data import load_labels
     from train.annotate import annotate
-    from train.data import load_labels
 
     faces = tmp_path / "faces"
     faces.mkdir()

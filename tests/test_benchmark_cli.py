@@ -1,11 +1,10 @@
-"""python -m runtime.benchmark: a tiny run writes the JSON schema.
+"""python -m runtime.benchmark (and train.benchmark, + PyTorch): a tiny run writes the JSON schema.
 
 No timing assertions: speed targets belong in benchmarks, not tests.
 """
 import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -21,9 +20,10 @@ def test_tiny_run_writes_the_schema(onnx_model, tmp_path, capsys):
     shutil.copy(onnx_model, second)
     out = tmp_path / "bench.json"
     assert main(["--model", str(onnx_model), "--model", str(second), "--batch", "1,2", "--runs", "3",
-                 "--warmup", "1", "--threads", "1", "--json", str(out)]) == 0
+                 "--warmup", "1", "--threads", "1", "--settle-timeout", "0", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert {"cpu_count", "platform", "python", "onnxruntime"} <= set(doc["machine"])
+    assert isinstance(doc["clean"], bool) and {"before", "after"} == set(doc["load"])
     rows = doc["results"]
     assert {(r["model"], r["batch"]) for r in rows} == {
         (m, b) for m in ("landmarks.onnx", "second.onnx", "preprocess") for b in (1, 2)}
@@ -48,13 +48,16 @@ HAS_DLIB = all(importlib.util.find_spec(m) is not None for m in ("dlib", "face_r
 def test_references_pytorch_and_dlib(onnx_model, tmp_path):
     pytest.importorskip("torch")
     from train import checkpoint
+    from train.benchmark import main as main_with_torch
     from train.model import MobileNetL
 
     ckpt = tmp_path / "model.pt"
     checkpoint.save(ckpt, MobileNetL())
     out = tmp_path / "bench.json"
-    assert main(["--model", str(onnx_model), "--batch", "1", "--runs", "2", "--warmup", "1", "--no-memory",
-                 "--torch-checkpoint", str(ckpt), "--dlib", "--json", str(out)]) == 0
+    with pytest.raises(SystemExit):  # the runtime's own benchmark has no torch option
+        main(["--model", str(onnx_model), "--torch-checkpoint", str(ckpt), "--json", str(out)])
+    assert main_with_torch(["--model", str(onnx_model), "--batch", "1", "--runs", "2", "--warmup", "1", "--no-memory",
+                            "--torch-checkpoint", str(ckpt), "--dlib", "--settle-timeout", "0", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert {r["backend"] for r in doc["results"]} == {"onnxruntime", "opencv", "pytorch-eager", "dlib"}
     assert set(doc["ratios"]["vs_pytorch"]["by_batch"]["1"]) == {"landmarks.onnx"}
@@ -66,3 +69,20 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "none.onnx"), "--json", str(tmp_path / "b.json")]) == 2
     assert "none.onnx: model file not found" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_a_busy_machine_is_reported_not_hidden(onnx_model, tmp_path, monkeypatch, capsys):
+    import runtime.benchmark as bench
+
+    busy = {"cpus": 2, "load_avg_1m": 5.8, "busy_cpus": 1.9, "busy": True}
+    readings = []
+    monkeypatch.setattr(bench, "machine_load", lambda *a, **k: readings.append(1) or busy)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)  # the settle wait polls without sleeping here
+    out = tmp_path / "bench.json"
+    assert main(["--model", str(onnx_model), "--batch", "1", "--runs", "2", "--warmup", "0", "--no-memory",
+                 "--settle-timeout", "0", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["clean"] is False and doc["load"]["before"]["load_avg_1m"] == 5.8
+    err = capsys.readouterr().err
+    assert "machine busy (load 5.8 on 2 CPUs" in err and "not clean measurements" in err
+    assert len(readings) == 2  # once before timing (no wait at timeout 0), once after

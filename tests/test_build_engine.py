@@ -250,7 +250,7 @@ def test_calibrator_refused_on_tensorrt_11(monkeypatch, tmp_path, fp32_onnx, tmp
     assert main("--onnx", fp32_onnx, "--precision", "int8", "--out", tmp_path / "m.engine",
                 "--calibrator", "entropy", "--calib-faces", faces) == 2
     captured = capsys.readouterr()
-    assert "--calibrator is not available on TensorRT 11.0.0.1" in captured.err and "export/quantize.py" in captured.err
+    assert "TensorRT 11.0.0.1 has no INT8 calibrators" in captured.err and "export/quantize.py" in captured.err
     assert "calibration set" not in captured.out and not fake.named("Builder")  # refused before any work
 
 
@@ -259,3 +259,25 @@ def test_build_failure_exits_1(monkeypatch, tmp_path, capsys):
     bad = tiny_onnx(tmp_path / "bad.onnx", unsupported=True)
     assert main("--onnx", bad, "--precision", "fp32", "--out", tmp_path / "m.engine") == 1
     assert "TensorRT's ONNX parser failed" in capsys.readouterr().err
+
+
+def test_one_rulebook_for_engine_requests(tmp_path, fp32_onnx):
+    """export.engine.check_request holds every rule; the CLI says exactly what the API raises."""
+    from export.engine import check_request
+
+    out = tmp_path / "m.engine"
+    cases = [
+        (dict(precision="fp32", dla_core=0), "DLA runs no FP32"),
+        (dict(precision="fp16", calibrator_kind="entropy"), "--calibrator calibrates the FP32 ONNX to INT8"),
+        (dict(precision="fp32", batch=(4, 2, 8)), "need MIN,OPT,MAX"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            check_request(fp32_onnx, out, **kwargs)
+    assert check_request(fp32_onnx, out, "fp16", fp32_source_ok=True) == "fp32"  # the CLI makes the FP16 graph
+    with pytest.raises(ValueError, match="is a fp32 ONNX; for a fp16 engine"):
+        check_request(fp32_onnx, out, "fp16")  # the API builds what the graph holds
+    out.write_bytes(b"engine")
+    with pytest.raises(FileExistsError, match="pass --force"):
+        check_request(fp32_onnx, out, "fp32")
+    assert check_request(fp32_onnx, out, "fp32", force=True) == "fp32"

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from runtime.metrics import nmse
-from runtime.preprocess import INPUT_SIZE
+from core.metrics import nmse
+from core.preprocess import INPUT_SIZE
 from tests.conftest import needs_dlib
 
 TINY = ["--limit", "20", "--oversampling", "5", "--cascade-depth", "4", "--trees", "20", "--threads", "2"]

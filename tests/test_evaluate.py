@@ -46,10 +46,9 @@ def test_evaluation_json_schema_on_a_subset(tmp_path, checkpoint_path):
 @needs_masks
 @needs_dlib
 def test_protocol_is_reproducible_and_uses_teacher_labels():
-    from runtime.preprocess import image_to_target
-    from runtime.preprocess import crop_matrix
+    from core.occlusion import EVAL_CONDITIONS
+    from core.preprocess import crop_matrix, image_to_target
     from train.evaluate import evaluate, load_faces
-    from train.occlusion import EVAL_CONDITIONS
 
     faces = load_faces(FACES, "test", limit=6)
     truth = {f.path: image_to_target(f.landmarks, crop_matrix(f.box)) for f in faces}
@@ -79,8 +78,8 @@ def test_protocol_is_reproducible_and_uses_teacher_labels():
 @needs_dlib
 def test_heads_quality_scores_from_the_crops():
     """Visibility judged against the mask at the teacher's points; face score against negatives."""
+    from core.occlusion import EVAL_CONDITIONS
     from train.evaluate import evaluate
-    from train.occlusion import EVAL_CONDITIONS
 
     samples = len(EVAL_CONDITIONS) + 1
 

@@ -46,7 +46,7 @@ def artifacts(onnx_model, tmp_path_factory):
 
 
 def test_qdq_properties(artifacts, onnx_model):
-    from runtime.files import sha256_file
+    from core.files import sha256_file
 
     _, int8, calib = artifacts
     model = onnx.load(str(int8))

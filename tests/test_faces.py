@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
+from core.preprocess import read_image
 from runtime import faces
 from runtime.faces import detect_faces
-from runtime.preprocess import read_image
 from tests.conftest import FACES, needs_data
 
 needs_haar = pytest.mark.skipif(not faces.haar_available(),

@@ -16,7 +16,7 @@ def test_output_shapes_one_heatmap_set_per_stack():
 
 
 def test_heatmap_round_trip_is_sub_pixel():
-    # Crop pixels (pixel centres at integers, as runtime.preprocess) away from the border, off the 4 px grid.
+    # Crop pixels (pixel centres at integers, as core.preprocess) away from the border, off the 4 px grid.
     rng = np.random.default_rng(0)
     px = torch.from_numpy(rng.uniform(4, 250, (3, 68, 2)))
     px[0, :4] = torch.tensor([[1.5, 1.5], [5.5, 9.5], [128.0, 127.25], [250.1, 3.9]])  # cell centres and between

@@ -29,7 +29,7 @@ def test_heads_shapes_and_ranges():
 
 
 def test_visibility_target_from_a_hand_made_mask():
-    from train.dataset import visible_points
+    from core.samples import visible_points
 
     mask = np.ones((256, 256), np.float32)
     mask[100:150, 50:120] = 0  # a hole

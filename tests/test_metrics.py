@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from runtime.metrics import interpupil_distance, nmse, nmse_per_face
-from runtime.schema import GROUPS, MIRROR, pupils
+from core.metrics import interpupil_distance, nmse, nmse_per_face
+from core.schema import GROUPS, MIRROR, pupils
 
 
 def face_with_pupils(right=(30.0, 50.0), left=(70.0, 50.0)) -> np.ndarray:

@@ -1,8 +1,6 @@
 import collections
 
-import numpy as np
 import onnx
-import pytest
 import torch
 
 from train.model import MOBILENET_L_BLOCKS, MobileNetL, count_flops, count_parameters

@@ -1,10 +1,8 @@
 import numpy as np
 import pytest
 
-from runtime.preprocess import occlude
-from train.occlusion import (
-    LIU_BINS, bin_of, center_mask, coverage, eval_mask, pick_liu_mask, random_training_mask,
-)
+from core.occlusion import LIU_BINS, bin_of, center_mask, coverage, eval_mask, pick_liu_mask, random_training_mask
+from core.preprocess import occlude
 from tests.conftest import MASKS, needs_masks
 
 

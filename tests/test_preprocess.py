@@ -2,10 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.preprocess import (
-    INPUT_SIZE, ImageError, crop_matrix, ensure_bgr, image_to_target, output_to_image, preprocess, read_image,
-    to_input, warp, whole_image_box,
-)
+from core.preprocess import (INPUT_SIZE, ImageError, crop_matrix, ensure_bgr, image_to_target, output_to_image,
+                             preprocess, read_image, to_input, warp, whole_image_box)
 from tests.conftest import FACES, needs_data
 
 

@@ -19,7 +19,7 @@ def tiny_models(root):
     """Untrained FAN* and ablation checkpoints and a 2-level ESR* cascade: seconds to make, any output will do."""
     import torch
 
-    from runtime.preprocess import box_in_crop
+    from core.preprocess import box_in_crop
     from train import checkpoint, esr
     from train.fan import FAN, FORMAT, FANConfig
 

@@ -52,8 +52,8 @@ def test_wrong_model_shape_is_refused(tmp_path):
 def test_detector_agrees_with_pytorch_on_real_faces(trained):
     import torch
 
+    from core.preprocess import output_to_image, preprocess, read_image
     from runtime import LandmarkDetector
-    from runtime.preprocess import output_to_image, preprocess, read_image
 
     model, path = trained
     det = LandmarkDetector(path)
@@ -124,11 +124,12 @@ def test_verify_passes_faithful_and_fails_perturbed_models(trained, tmp_path):
 @needs_dlib
 def test_runtime_preprocessing_equals_training_and_evaluation(small_faces, tmp_cache):
     """The runtime's input for a face box is what evaluation feeds, and what the training cache reproduces."""
-    from runtime.preprocess import crop_matrix, image_to_target, preprocess, read_image, to_input
+    from core.data import load_labels, read_split
+    from core.preprocess import crop_matrix, image_to_target, preprocess, read_image, to_input
+    from core.samples import occluded_crops
     from train.annotate import annotate
-    from train.data import load_labels, read_split
     from train.dataset import CropCache, sample
-    from train.evaluate import load_faces, occluded_crops
+    from train.evaluate import load_faces
 
     annotate(small_faces, workers=1)
     labels = load_labels(small_faces, read_split(small_faces, "val"))

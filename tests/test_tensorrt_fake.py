@@ -67,7 +67,8 @@ def test_version_parsing():
 
 @pytest.mark.parametrize("gen, strongly_typed_only", [("8.6", False), ("10.x", False), ("11.x", True)])
 def test_strongly_typed_only(monkeypatch, gen, strongly_typed_only):
-    from runtime.tensorrt_shim import import_tensorrt, strongly_typed_only as sto
+    from runtime.tensorrt_shim import import_tensorrt
+    from runtime.tensorrt_shim import strongly_typed_only as sto
 
     install(monkeypatch, gen)
     assert sto(import_tensorrt()) is strongly_typed_only
@@ -131,13 +132,13 @@ def test_dla_core_with_gpu_fallback(monkeypatch, tmp_path, gen):
 
 def test_dla_refuses_fp32(monkeypatch, tmp_path, fp32_onnx):
     install(monkeypatch, "10.x")
-    with pytest.raises(ValueError, match="DLA runs FP16 or INT8 only"):
+    with pytest.raises(ValueError, match="DLA runs no FP32"):
         build(tmp_path, fp32_onnx, "fp32", dla_core=0)
 
 
 def test_precision_must_match_the_graph(monkeypatch, tmp_path, fp32_onnx):
     install(monkeypatch, "10.x")
-    with pytest.raises(ValueError, match="is fp32, not fp16"):
+    with pytest.raises(ValueError, match="is a fp32 ONNX; for a fp16 engine"):
         build(tmp_path, fp32_onnx, "fp16")
 
 
@@ -186,7 +187,7 @@ def test_foreign_timing_cache_is_replaced(monkeypatch, tmp_path, fp32_onnx, caps
 
 
 def test_calibration_set_uses_the_shared_preprocessing(calib_set, tmp_path):
-    from runtime.preprocess import crop_matrix, read_image, to_input, warp, whole_image_box
+    from core.preprocess import crop_matrix, read_image, to_input, warp, whole_image_box
 
     assert calib_set.inputs.shape == (7, *CHW) and calib_set.inputs.dtype == np.float32
     assert not calib_set.occluded[0]  # every second image is occluded: the first is clean

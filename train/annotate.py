@@ -20,14 +20,13 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from core.data import DEFAULT_FACES, labels_path, read_split
+from core.files import atomic_write_bytes, sha1_file
+from core.preprocess import ImageError, read_image
+from core.progress import Progress
+from core.schema import MIRROR
 from runtime.faces import dlib_boxes, dlib_shape_predictor_path
-from runtime.files import atomic_write_bytes, sha1_file
-from runtime.preprocess import ImageError, read_image
-from runtime.schema import MIRROR
-
-from .data import DEFAULT_FACES, labels_path, read_split
 
 TEACHER = "dlib get_frontal_face_detector + shape_predictor_68_face_landmarks"
 
@@ -110,7 +109,7 @@ def annotate(faces_dir: Path, split: str | None = None, workers: int = 2, out: P
           f"{len(jobs)} to label", file=sys.stderr)
     if jobs:
         with Pool(max(1, workers), initializer=_init_worker) as pool:
-            for rel, status, rec in tqdm(pool.imap_unordered(_label_one, jobs, chunksize=8),
+            for rel, status, rec in Progress(pool.imap_unordered(_label_one, jobs, chunksize=8),
                                          total=len(jobs), desc="teacher labels", unit="img"):
                 entries.pop(rel, None)
                 failed.pop(rel, None)

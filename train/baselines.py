@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.preprocess import INPUT_SIZE, box_in_crop
+from core.preprocess import INPUT_SIZE, box_in_crop
 
 from .evaluate import Predictor
 

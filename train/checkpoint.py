@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from runtime import preprocess, schema
-from runtime.files import atomic_write_bytes
+from core import preprocess, schema
+from core.files import atomic_write_bytes
 
 from .model import MobileNetL, ModelConfig
 

@@ -14,19 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from runtime.files import atomic_write_bytes
-from runtime.metrics import nmse_per_face
-from runtime.preprocess import (
-    INPUT_SIZE, PREPROCESS_VERSION, ImageError, box_in_crop, crop_matrix, image_to_target, occlude, read_image,
-    to_input, warp,
-)
-from runtime.schema import MIRROR
-
-from .augment import negative_matrix, photometric, texture
-from .data import Labels, cache_dir
-from .occlusion import center_mask, random_training_mask
+from core.augment import negative_matrix, photometric, texture
+from core.data import Labels, cache_dir
+from core.files import atomic_write_bytes
+from core.metrics import nmse_per_face
+from core.occlusion import center_mask, random_training_mask
+from core.preprocess import (INPUT_SIZE, PREPROCESS_VERSION, ImageError, box_in_crop, crop_matrix, image_to_target,
+                             occlude, read_image, to_input, warp)
+from core.progress import Progress
+from core.samples import visible_points
+from core.schema import MIRROR
 
 # The cache holds each face at the canonical framing plus a margin for jitter, at 1.25x the input size.
 CACHE_MARGIN = 1.25
@@ -48,7 +46,7 @@ MAX_OUTSIDE_POINTS = 6  # "drop": faces with more points outside the image than 
 class Recipe:
     """What training does to its samples; stored in checkpoints. Defaults are the shipped recipe."""
 
-    photometric: float = 0.7  # share of samples degraded (train.augment.photometric)
+    photometric: float = 0.7  # share of samples degraded (core.augment.photometric)
     textured: float = 0.5  # share of occluded samples whose holes are filled with texture instead of black
     labels: str = "average"  # one of LABEL_MODES: what to do with doubtful teacher labels
     negatives: float = 0.15  # share of face_score negatives (only for models with heads)
@@ -94,7 +92,7 @@ class CropCache:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                         shape=(len(labels.paths), CACHE_SIZE, CACHE_SIZE, 3))
         landmarks, mirrored = [], []
-        for i, rel in enumerate(tqdm(labels.paths, desc=f"caching {self.npy.stem}", unit="img")):
+        for i, rel in enumerate(Progress(labels.paths, desc=f"caching {self.npy.stem}", unit="img")):
             try:
                 image = read_image(faces_dir / rel)
             except ImageError as e:
@@ -116,20 +114,6 @@ class CropCache:
 
     def __len__(self) -> int:
         return len(self.paths)
-
-
-def visible_points(target: np.ndarray, mask: np.ndarray | None, inside: np.ndarray) -> np.ndarray:
-    """1.0 where a point is seen: inside the crop, inside the source image and not under a hole of the mask.
-
-    ``target``: (68, 2) normalised crop coordinates; ``mask``: HxW, 1 = kept (None = no occlusion).
-    """
-    px = np.floor(np.asarray(target) * INPUT_SIZE).astype(int)
-    in_crop = ((px >= 0) & (px < INPUT_SIZE)).all(-1)
-    seen = in_crop & np.asarray(inside, bool)
-    if mask is not None:
-        xy = np.clip(px, 0, INPUT_SIZE - 1)
-        seen &= mask[xy[:, 1], xy[:, 0]] > 0.5
-    return seen.astype(np.float32)
 
 
 def label_target(cache: CropCache, i: int, labels: str) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@ on the training split with MobileNet-L's training occlusion.
     python -m train.esr --faces ../shared/data/faces --out runs/esr/esr.dat [--limit 2000]
 
 Each face is the canonical 256x256 crop MobileNet-L sees (train.train's crop cache of the whole split,
-built first if absent) under one random training mask (train.occlusion.random_training_mask, seeded by
+built first if absent) under one random training mask (core.occlusion.random_training_mask, seeded by
 --seed and the face), so the cascade learns to cope with holes as the network does. dlib gets the face
 box in crop coordinates (box_in_crop) and the 68 teacher points in crop pixels; --limit faces are taken
 evenly spread over the split, so all three photo sets are in it.
@@ -25,11 +25,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.metrics import nmse
-from runtime.preprocess import INPUT_SIZE, box_in_crop
+from core.data import DEFAULT_FACES, labels_path, load_labels, read_split
+from core.metrics import nmse
+from core.preprocess import INPUT_SIZE, box_in_crop
 
 from .annotate import annotate
-from .data import DEFAULT_FACES, labels_path, load_labels, read_split
 from .dataset import CropCache, sample
 from .evaluate import Predictor
 

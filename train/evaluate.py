@@ -18,24 +18,22 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
-from runtime.files import atomic_write_bytes
+from core.data import DEFAULT_FACES, DEFAULT_MASKS, labels_path, load_labels, read_split
+from core.files import atomic_write_bytes
+from core.metrics import nmse_per_face, roc_auc
+from core.occlusion import CONDITIONS, EVAL_CONDITIONS
+from core.pose import SIDE_YAW_DEG, yaw_degrees
+from core.preprocess import output_to_image, read_image
+from core.progress import Progress
+from core.samples import Face, negative_crop, occluded_crops, visibility_truth
 from runtime.backends import OUTPUTS
-from runtime.metrics import nmse_per_face, roc_auc
-from runtime.preprocess import INPUT_SIZE, crop_matrix, image_to_target, occlude, output_to_image, read_image, warp
 
 from .annotate import annotate
-from .augment import negative_matrix, texture
-from .data import DEFAULT_FACES, DEFAULT_MASKS, labels_path, load_labels, read_split
-from .dataset import visible_points
-from .occlusion import EVAL_CONDITIONS, TEXTURED, eval_mask
-from .pose import SIDE_YAW_DEG, yaw_degrees
 
 # Predictor: uint8 BGR crops (N, 256, 256, 3) -> normalised landmarks (N, 68, 2), or a dict of outputs
 # named as runtime.backends.OUTPUTS (landmarks, and visibility / face_score for models with heads).
@@ -61,15 +59,6 @@ PAPER_FIG9 = {"no-SE": ("SE", 3.5), "ReLU": ("h-swish", 11.6), "non-linear-bottl
               "no-residual": ("inverted residual", 17.8)}
 
 
-@dataclass
-class Face:
-    path: str
-    box: np.ndarray
-    landmarks: np.ndarray
-    yaw: float
-    size: tuple[int, int] = (0, 0)  # image width, height
-
-
 def load_faces(faces_dir: Path, split: str, limit: int | None = None) -> list[Face]:
     """Teacher-labelled faces of a split (labelling any that are missing first)."""
     paths = read_split(faces_dir, split)
@@ -87,43 +76,8 @@ def load_faces(faces_dir: Path, split: str, limit: int | None = None) -> list[Fa
     return faces[:limit]
 
 
-def occluded_crops(faces_dir: Path, face: Face, masks_dir: Path | None, conditions, seed: int,
-                   texture_source: np.ndarray | None = None):
-    """(crop matrix, {condition: (mask id, mask or None, occluded uint8 crop)}) for one face.
-
-    ``texture_source``: the image whose patches may fill the textured condition's holes (another face).
-    """
-    image = read_image(Path(faces_dir) / face.path)
-    m = crop_matrix(face.box)
-    crop = warp(image, m)
-    out = {}
-    for cond in conditions:
-        mask_id, mask = eval_mask(cond, masks_dir, face.path, seed)
-        fill = None
-        if cond == TEXTURED:
-            fill = texture(np.random.default_rng([seed, 7, *face.path.encode()]), INPUT_SIZE, texture_source)
-        out[cond] = (mask_id, mask, occlude(crop, mask, fill))
-    return m, out
-
-
-def negative_crop(faces_dir: Path, face: Face, seed: int, texture_source: np.ndarray | None = None) -> np.ndarray:
-    """A face_score negative made from a test face as training makes them: framed far off the face, or
-    (one in five) a background texture."""
-    rng = np.random.default_rng([seed, 99, *face.path.encode()])
-    if rng.random() < 0.2:
-        return texture(rng, INPUT_SIZE, texture_source)
-    return warp(read_image(Path(faces_dir) / face.path), negative_matrix(face.box, rng, INPUT_SIZE))
-
-
 def as_outputs(pred) -> dict[str, np.ndarray]:
     return pred if isinstance(pred, dict) else {"landmarks": pred}
-
-
-def visibility_truth(face: Face, matrix: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """(68,) 1 = the teacher's point is seen: in the crop, in the image and not under the mask."""
-    w, h = face.size
-    inside = ((face.landmarks >= 0) & (face.landmarks <= np.array([w - 1, h - 1]))).all(-1)
-    return visible_points(image_to_target(face.landmarks, matrix), mask, inside)
 
 
 def summarise(per_face: dict[str, np.ndarray], yaws: np.ndarray, threshold: float) -> dict:
@@ -151,7 +105,7 @@ def evaluate(predict: Predictor, faces_dir: Path, masks_dir: Path | None, split:
     vis_true = {c: [] for c in conditions}
     scores = {c: [] for c in conditions}
     negative_scores: list[np.ndarray] = []
-    for start in tqdm(range(0, len(faces), batch), desc="evaluating", unit="batch"):
+    for start in Progress(range(0, len(faces), batch), desc="evaluating", unit="batch"):
         chunk = faces[start:start + batch]
         mats, crops, truth, negatives = [], [], [], []
         for j, face in enumerate(chunk):
@@ -205,12 +159,12 @@ def heads_summary(vis_pred: dict, vis_true: dict, scores: dict, negative_scores:
 def torch_predictor(model, batch: int = 8) -> Predictor:
     """Predictor over a PyTorch landmark network (MobileNet-L, FAN*), run `batch` crops at a time.
 
-    evaluate() hands over every condition of 64 faces at once (384 crops). FAN*'s 64x64 feature maps
-    make large batches memory-bound on this CPU: 71 ms per face at batch 64, 21 ms at batch 8.
+    evaluate() hands over every condition of 64 faces at once; FAN*'s 64x64 feature maps make large
+    batches memory-bound, hence small ones (docs/measurements.md).
     """
     import torch
 
-    from runtime.preprocess import to_input
+    from core.preprocess import to_input
 
     @torch.no_grad()
     def predict(crops: np.ndarray):
@@ -239,7 +193,7 @@ def torch_ms_per_face(model, runs: int = 50) -> float:
 
 def format_tables(result: dict, title: str = "MobileNet-L (ours)") -> str:
     """Tables shaped like the paper's Tables 3 (frontal) and 4 (side), plus all faces with the clean column."""
-    cols = ["10-20", "30-40", "40-50", "50-60", "center25"]
+    cols = list(CONDITIONS[1:])  # the paper reports no clean column
     fmt = lambda v: "  n/a" if v is None else f"{v:5.2f}"
     lines = []
     for group, paper_name in (("frontal", "Table 3"), ("side", "Table 4"), ("all", None)):
@@ -251,6 +205,11 @@ def format_tables(result: dict, title: str = "MobileNet-L (ours)") -> str:
         if group in PAPER:
             lines.append(f"{'MobileNet-L (paper)':<24}|   -   | " + " | ".join(f"{PAPER[group][c]:8.2f}" for c in cols))
     return "\n".join(lines)
+
+
+def cli() -> None:
+    """Console-script entry point (pyproject.toml)."""
+    main()  # returns its results for callers in Python; the exit status is 0 unless it raises
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -7,11 +7,9 @@ FAN stacks four hourglasses of width 256 built from its hierarchical, parallel a
 residual block (about 24 M parameters, several G multiply-adds). FAN* keeps the design (7x7
 stride-2 stem, the hierarchical block, depth-4 hourglasses, intermediate supervision with the
 heatmaps fed back into the next stack, 68 heatmaps at 64x64) and shrinks it to 2 stacks of width
-64 (0.80 M parameters, 1.09 G multiply-adds): a MobileNet-L epoch of 14 k faces takes about 6 min
-on this machine and FAN* should cost at most 5-8x that per image. Measured on the 2-core CPU, a
-training step costs about 3x MobileNet-L's and a batch-1 forward about 7x; width 96 would cost
-about 3x more again. 64x64 heatmaps are FAN's resolution; sub-pixel decoding keeps the 4 px cells
-from quantising the error.
+64 (0.80 M parameters, 1.09 G multiply-adds), so that it trains on a 2-core CPU at a few times
+MobileNet-L's cost (timings: docs/measurements.md). 64x64 heatmaps are FAN's resolution; sub-pixel
+decoding keeps the 4 px cells from quantising the error.
 
 Training shares MobileNet-L's data path (train.dataset.TrainSet: the same cache, jitter and
 on-the-fly occlusion) and validation (train.train.validate); the normalised targets become Gaussian
@@ -24,7 +22,6 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,16 +29,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from runtime.preprocess import INPUT_SIZE
+from core.data import DEFAULT_FACES
+from core.preprocess import INPUT_SIZE
 
 from . import checkpoint
-from .data import DEFAULT_FACES
 from .dataset import LEGACY_RECIPE
 from .evaluate import Predictor, torch_predictor
+from .loop import fit
 from .model import count_flops, count_parameters
-from .train import learning_rate, record_epoch, training_data, validate
+from .train import record_epoch, training_data, validate
 
 FORMAT = "fan-checkpoint-v1"
 
@@ -135,7 +132,7 @@ class FAN(nn.Module):
         return heatmaps
 
 
-# Heatmap cell j averages crop pixels 4j .. 4j+3, whose centres (runtime.preprocess: pixel centres at
+# Heatmap cell j averages crop pixels 4j .. 4j+3, whose centres (core.preprocess: pixel centres at
 # integers) average 4j + 1.5; a normalised coordinate t = crop px / 256 thus lies at cell 64 t - 0.375.
 def to_heatmap_coords(points: torch.Tensor, heatmap_size: int = 64, input_size: int = INPUT_SIZE) -> torch.Tensor:
     """Normalised crop coordinates -> heatmap pixel coordinates (cell centres at integers)."""
@@ -276,29 +273,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(args.seed))
-    steps = len(loader)
-    if steps == 0:
+    if len(loader) == 0:
         raise SystemExit(f"only {len(train_set)} training faces: fewer than one batch of {args.batch}")
-    for epoch in range(start_epoch, args.epochs):
-        train_set.epoch = epoch
-        loader.generator.manual_seed(args.seed + epoch)
-        model.train()
-        t0, losses = time.time(), []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch")
-        for step, batch in enumerate(bar):
-            x, y = batch["x"], batch["landmarks"]
-            lr = learning_rate(schedule, epoch + step / steps, args.epochs)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss = heatmap_loss(model(x), encode_heatmaps(y, config.heatmap_size, config.sigma))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.2e}", lr=f"{lr:.1e}")
-        scores = validate(FANLandmarks(model), val, batch=8)
-        best = record_epoch(args.out, model, FORMAT, opt, history, best, epoch, losses, scores, t0, log,
-                            train_faces=len(train_set), args={k: str(v) for k, v in vars(args).items()})
+
+    def step_loss(batch: dict) -> torch.Tensor:
+        return heatmap_loss(model(batch["x"]), encode_heatmaps(batch["landmarks"], config.heatmap_size, config.sigma))
+
+    history, best = fit(
+        model, opt, loader, train_set, schedule=schedule, epochs=args.epochs, start_epoch=start_epoch,
+        seed=args.seed, step_loss=step_loss, validate_epoch=lambda: validate(FANLandmarks(model), val, batch=8),
+        record=lambda epoch, losses, scores, t0, best: record_epoch(
+            args.out, model, FORMAT, opt, history, best, epoch, losses, scores, t0, log,
+            train_faces=len(train_set), args={k: str(v) for k, v in vars(args).items()}),
+        history=history, best=best, log=log)
     return {"history": history, "best_val_nmse": best}
 
 

@@ -27,16 +27,16 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
-from runtime.files import atomic_write_bytes
-from runtime.metrics import nmse_per_face, roc_auc
-from runtime.preprocess import INPUT_SIZE
+from core.data import DEFAULT_FACES, labels_path, load_labels, read_split
+from core.files import atomic_write_bytes
+from core.metrics import nmse_per_face, roc_auc
+from core.preprocess import INPUT_SIZE
 
 from . import checkpoint
 from .annotate import annotate
-from .data import DEFAULT_FACES, labels_path, load_labels, read_split
 from .dataset import LABEL_MODES, LEGACY_RECIPE, CropCache, Recipe, TrainSet, validation_batches
+from .loop import fit
 from .model import ABLATIONS, MODELS, MobileNetL, ModelConfig, landmarks_of, variant_name
 
 LOSSES = ("l1", "l2", "wing")
@@ -89,15 +89,6 @@ def training_loss(output, batch: dict, kind: str, head_weight: float = 1.0) -> t
     vis = bce(vis_logits, batch["visibility"], reduction="none").mean(1)
     loss = loss + head_weight * (vis * face).sum() / face.sum().clamp(min=1.0)
     return loss + head_weight * bce(face_logits, face)
-
-
-def learning_rate(cfg: dict, epoch_float: float, epochs: int) -> float:
-    if epoch_float < cfg["warmup_epochs"]:
-        return cfg["lr"] * (epoch_float + 1e-3) / cfg["warmup_epochs"]
-    if cfg["schedule"] == "cosine":
-        t = (epoch_float - cfg["warmup_epochs"]) / max(1e-9, epochs - cfg["warmup_epochs"])
-        return 1e-6 + 0.5 * (cfg["lr"] - 1e-6) * (1 + math.cos(math.pi * min(1.0, t)))
-    return cfg["lr"]
 
 
 @torch.no_grad()
@@ -187,12 +178,6 @@ def record_epoch(out: Path, model: torch.nn.Module, format: str, opt: torch.opti
     return best
 
 
-def stalled(history: list[dict], patience: int) -> bool:
-    """True when the best validation NMSE is more than ``patience`` epochs old."""
-    scores = [h["val_nmse"]["all"] for h in history]
-    return len(scores) > patience and min(scores[-patience:]) >= min(scores[:-patience])
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="face folder with splits.csv (default: %(default)s)")
@@ -230,6 +215,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     return ap.parse_args(argv)
+
+
+def cli() -> None:
+    """Console-script entry point (pyproject.toml)."""
+    main()  # returns its results for callers in Python; the exit status is 0 unless it raises
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -287,42 +277,22 @@ def main(argv: list[str] | None = None) -> dict:
         num_workers=args.workers, persistent_workers=args.workers > 0,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    steps = len(loader)
-    if steps == 0:
+    if len(loader) == 0:
         raise SystemExit(f"only {len(train_set)} training faces: fewer than one batch of {cfg['batch']}")
-    for epoch in range(start_epoch, args.epochs):
-        train_set.epoch = epoch
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader.generator.manual_seed(args.seed + epoch)
-        net.train()
-        t0, losses = time.time(), []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", disable=rank != 0)
-        for step, batch in enumerate(bar):
-            lr = learning_rate(cfg, epoch + step / steps, args.epochs)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = net(batch["x"], logits=True) if config.heads else net(batch["x"])
-            loss = training_loss(out, batch, cfg["loss"], recipe.head_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", lr=f"{lr:.1e}")
-        if rank == 0:
-            scores = validate(model, val, device=device)
-            best = record_epoch(args.out, model, checkpoint.FORMAT, opt, history, best, epoch, losses, scores, t0,
-                                log, preset=args.preset, train_config=cfg, recipe=recipe.to_dict(), world_size=world,
-                                train_faces=len(train_set), args={k: str(v) for k, v in vars(args).items()})
-        if world > 1:
-            dist.barrier()
-        stop = [bool(args.patience) and rank == 0 and stalled(history, args.patience)]
-        if world > 1:
-            dist.broadcast_object_list(stop, 0)
-        if stop[0]:
-            log(f"validation NMSE has not improved for {args.patience} epochs: stopping after epoch {epoch + 1}")
-            break
+
+    def step_loss(batch: dict) -> torch.Tensor:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = net(batch["x"], logits=True) if config.heads else net(batch["x"])
+        return training_loss(out, batch, cfg["loss"], recipe.head_weight)
+
+    history, best = fit(
+        net, opt, loader, train_set, schedule=cfg, epochs=args.epochs, start_epoch=start_epoch, seed=args.seed,
+        step_loss=step_loss, validate_epoch=lambda: validate(model, val, device=device),
+        record=lambda epoch, losses, scores, t0, best: record_epoch(
+            args.out, model, checkpoint.FORMAT, opt, history, best, epoch, losses, scores, t0, log,
+            preset=args.preset, train_config=cfg, recipe=recipe.to_dict(), world_size=world,
+            train_faces=len(train_set), args={k: str(v) for k, v in vars(args).items()}),
+        history=history, best=best, log=log, patience=args.patience, rank=rank, world=world, sampler=sampler)
     if world > 1:
         dist.destroy_process_group()
     return {"history": history, "best_val_nmse": best}

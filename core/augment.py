@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from runtime.preprocess import crop_matrix, warp
+from .preprocess import crop_matrix, warp
 
 
 def photometric(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:

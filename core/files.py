@@ -1,15 +1,11 @@
-"""File helpers: atomic writes (engines, checkpoints, caches and reports never appear half-written),
-digests, and where the development data lives."""
+"""File helpers: atomic writes (engines, checkpoints, caches and reports never appear half-written)
+and digests."""
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
 from pathlib import Path
-
-
-# ../shared/data beside the checkout unless FACES_DATA says otherwise
-DEFAULT_DATA = Path(os.environ.get("FACES_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

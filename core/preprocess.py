@@ -158,13 +158,23 @@ def occlude(crop: np.ndarray, mask: np.ndarray | None, fill: np.ndarray | None =
     return np.where(kept > 0.5, crop, fill).astype(crop.dtype)
 
 
-def preprocess(image: np.ndarray, box=None) -> tuple[np.ndarray, np.ndarray]:
-    """Image (+ optional face box) -> (1x3x256x256 float32 input, 2x3 crop matrix)."""
+def crop_face(image: np.ndarray, box=None) -> tuple[np.ndarray, np.ndarray]:
+    """The canonical crop of a face: (uint8 256x256 BGR crop, 2x3 crop matrix).
+
+    ``image``: BGR, grayscale or BGRA; ``box``: the face box, or None when the image is the face crop.
+    Every stage that feeds the network (runtime, evaluation, golden set, calibration, benchmark) crops here.
+    """
     image = ensure_bgr(image)
     if box is None:
         box = whole_image_box(*image.shape[:2])
     m = crop_matrix(box)
-    return to_input(warp(image, m)), m
+    return warp(image, m), m
+
+
+def preprocess(image: np.ndarray, box=None) -> tuple[np.ndarray, np.ndarray]:
+    """Image (+ optional face box) -> (1x3x256x256 float32 input, 2x3 crop matrix)."""
+    crop, m = crop_face(image, box)
+    return to_input(crop), m
 
 
 def apply_matrix(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.preprocess import INPUT_SIZE
+from .preprocess import INPUT_SIZE
 
 # Liu et al. test masks come in bins of 2,000 files by hole ratio, in file order.
 LIU_BINS: dict[str, tuple[float, float, int]] = {  # name: (low, high, first file index)
@@ -23,7 +23,7 @@ LIU_BINS: dict[str, tuple[float, float, int]] = {  # name: (low, high, first fil
 LIU_BIN_FILES = 2000
 CONDITIONS = ("clean", "10-20", "30-40", "40-50", "50-60", "center25")  # the paper's protocol
 # Beyond the paper: the 30-40 % Liu masks (the same mask per face as "30-40") filled with texture instead of
-# black, as real occluders are (train.augment.texture: a patch of another test face, noise or a flat colour).
+# black, as real occluders are (core.augment.texture: a patch of another test face, noise or a flat colour).
 TEXTURED = "textured"
 TEXTURED_BIN = "30-40"
 EVAL_CONDITIONS = (*CONDITIONS, TEXTURED)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.files import DEFAULT_DATA
-
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# ../shared/data beside the checkout unless FACES_DATA says otherwise
+DEFAULT_DATA = Path(os.environ.get("FACES_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DEFAULT_FACES = DEFAULT_DATA / "faces"
 DEFAULT_MASKS = DEFAULT_DATA / "masks" / "nvidia_irregular_test"
 CACHE_ROOT = Path(os.environ.get("LANDMARK_CACHE", Path(__file__).resolve().parents[1] / "cache"))

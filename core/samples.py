@@ -1,0 +1,74 @@
+"""The sample recipe of evaluation, calibration and the golden set: a labelled face, cropped from its
+box, occluded by a condition's mask (black or textured), and what is visible of it afterwards.
+
+The network input itself is core.preprocess (crop_face -> occlude -> to_input); this module adds the
+evaluation protocol's faces, conditions and negatives, so every stage builds them the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .augment import negative_matrix, texture
+from .occlusion import TEXTURED, eval_mask
+from .preprocess import INPUT_SIZE, crop_face, image_to_target, occlude, read_image, warp
+
+
+@dataclass
+class Face:
+    path: str
+    box: np.ndarray
+    landmarks: np.ndarray
+    yaw: float
+    size: tuple[int, int] = (0, 0)  # image width, height
+
+
+def visible_points(target: np.ndarray, mask: np.ndarray | None, inside: np.ndarray) -> np.ndarray:
+    """1.0 where a point is seen: inside the crop, inside the source image and not under a hole of the mask.
+
+    ``target``: (68, 2) normalised crop coordinates; ``mask``: HxW, 1 = kept (None = no occlusion).
+    """
+    px = np.floor(np.asarray(target) * INPUT_SIZE).astype(int)
+    in_crop = ((px >= 0) & (px < INPUT_SIZE)).all(-1)
+    seen = in_crop & np.asarray(inside, bool)
+    if mask is not None:
+        xy = np.clip(px, 0, INPUT_SIZE - 1)
+        seen &= mask[xy[:, 1], xy[:, 0]] > 0.5
+    return seen.astype(np.float32)
+
+
+def occluded_crops(faces_dir: Path, face: Face, masks_dir: Path | None, conditions, seed: int,
+                   texture_source: np.ndarray | None = None):
+    """(crop matrix, {condition: (mask id, mask or None, occluded uint8 crop)}) for one face.
+
+    ``texture_source``: the image whose patches may fill the textured condition's holes (another face).
+    """
+    crop, m = crop_face(read_image(Path(faces_dir) / face.path), face.box)
+    out = {}
+    for cond in conditions:
+        mask_id, mask = eval_mask(cond, masks_dir, face.path, seed)
+        fill = None
+        if cond == TEXTURED:
+            fill = texture(np.random.default_rng([seed, 7, *face.path.encode()]), INPUT_SIZE, texture_source)
+        out[cond] = (mask_id, mask, occlude(crop, mask, fill))
+    return m, out
+
+
+def negative_crop(faces_dir: Path, face: Face, seed: int, texture_source: np.ndarray | None = None) -> np.ndarray:
+    """A face_score negative made from a test face as training makes them: framed far off the face, or
+    (one in five) a background texture."""
+    rng = np.random.default_rng([seed, 99, *face.path.encode()])
+    if rng.random() < 0.2:
+        return texture(rng, INPUT_SIZE, texture_source)
+    return warp(read_image(Path(faces_dir) / face.path), negative_matrix(face.box, rng, INPUT_SIZE))
+
+
+def visibility_truth(face: Face, matrix: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """(68,) 1 = the teacher's point is seen: in the crop, in the image and not under the mask."""
+    w, h = face.size
+    inside = ((face.landmarks >= 0) & (face.landmarks <= np.array([w - 1, h - 1]))).all(-1)
+    return visible_points(image_to_target(face.landmarks, matrix), mask, inside)
+
+
