@@ -1,44 +1,55 @@
-"""Face boxes for full images: dlib's HOG detector when installed, else OpenCV's bundled Haar cascade.
+"""Face boxes for full images: YuNet (shipped with the package) by default, dlib's HOG detector or OpenCV's
+Haar cascade on request.
 
     from runtime import detect_faces
     boxes = detect_faces(image_bgr)          # [(x0, y0, x1, y1), ...], largest first
 
-The model was trained on dlib HOG boxes (brows to chin, cheek to cheek), so dlib is preferred: its
-boxes are the training boxes. Haar boxes are framed differently (larger, centred higher) and are
-mapped onto dlib's framing by a measured correction (HAAR_TO_DLIB below), so the crop matches.
+The model was trained on dlib HOG boxes (brows to chin, cheek to cheek). YuNet and Haar frame faces
+differently and are mapped onto dlib's framing by a measured correction (YUNET_TO_DLIB, HAAR_TO_DLIB
+below; `python scripts/detector_framing.py` measures them), so the crop matches. YuNet is the default
+because it keeps finding faces under occlusion where HOG and Haar do not (../shared/models/README.md).
+
+Each thread gets its own detector objects: neither dlib's detector nor OpenCV's cascade or YuNet may
+serve two threads at once (dlib crashed, Haar handed one thread the other's boxes).
 """
 from __future__ import annotations
 
-import functools
 import glob
 import importlib.util
 import os
+import threading
 from pathlib import Path
+from typing import Dict, List
 
 import cv2
 import numpy as np
 
 from core.preprocess import Box, ensure_bgr
 
-DETECTORS = ("auto", "dlib", "haar")
+DETECTORS = ("auto", "yunet", "dlib", "haar")
 
-# Frames larger than this (longest side, px) are shrunk before detection: HOG and Haar cost grows with
-# the pixel count, and faces smaller than about 1/20 of the frame side are too small to landmark well.
+# Frames larger than this (longest side, px) are shrunk before detection: detection cost grows with the
+# pixel count, and faces smaller than about 1/20 of the frame side are too small to landmark well.
 DETECT_MAX_SIDE = 640
 
-# Haar box -> dlib box, measured on 200 CACD faces (250x250, every 19th file of ../shared/data/faces/cacd;
-# 198 found by both) with haarcascade_frontalface_default (scaleFactor 1.1, minNeighbors 5, grey image)
-# against dlib's frontal detector (upsample 1), largest box of each:
-#   dlib width / Haar width:   geometric mean 0.855, median 0.837, mean 0.858 (sd 0.082); heights alike
-#   dlib centre - Haar centre: x mean -0.022, median -0.031 (sd 0.034) Haar widths: the same sign on
-#                              mirrored images, so a detector bias, not the faces' pose;
-#                              y mean +0.059, median +0.059 (sd 0.027) Haar heights: dlib's box sits lower
-#                              (it starts at the brows, Haar's at the forehead)
-# Check on 50 Taiwanese faces (256x256, not used to fit), corrected vs raw Haar: IoU with dlib's box
-# 0.71 -> 0.83, size 1.16 -> 0.99 of dlib's, vertical centre error 0.09 -> 0.03 dlib widths (horizontal
-# stays 0.03); on 50 other CACD faces IoU 0.72 -> 0.87, size 1.16 -> 0.99, vertical centre error 0.07 -> 0.02.
+# YuNet-n (OpenCV's cv2.FaceDetectorYN), Apache-2.0: runtime/models/yunet/README.md says where it came from.
+YUNET_MODEL = Path(__file__).resolve().parent / "models" / "yunet" / "yunet_n_640_640.onnx"
+YUNET_SCORE = 0.6  # its confidence threshold
+YUNET_NMS = 0.3
+
+# Detector box -> dlib box: dlib width / detector width (sx) and height / height (sy), geometric means, and
+# the centre offset in detector box widths (dx) and heights (dy), medians, measured on 200 CACD faces (every 19th file of faces/cacd, largest box of
+# each) by scripts/detector_framing.py, and checked on 50 Taiwanese faces not used to fit.
+# Haar (haarcascade_frontalface_default, scaleFactor 1.1, minNeighbors 5, grey): 198 of 200 found by both;
+#   Taiwanese check: IoU with dlib's box 0.71 -> 0.83, size 1.16 -> 0.99 of dlib's.
+# YuNet-n 640 (score 0.6; its boxes are taller than dlib's): 199 of 200 found by both; IoU with dlib's box
+#   0.67 -> 0.82 on the fit set, 0.73 -> 0.77 on the Taiwanese check, crop side 1.02 / 1.08 of dlib's.
 # What is left is well inside the training jitter (scale e^±0.2, shift ±0.12 box widths: train/dataset.py).
-HAAR_TO_DLIB = {"scale": 0.855, "dx": -0.025, "dy": 0.06}
+HAAR_TO_DLIB = {"sx": 0.855, "sy": 0.855, "dx": -0.025, "dy": 0.06}
+YUNET_TO_DLIB = {"sx": 1.048, "sy": 0.744, "dx": -0.039, "dy": 0.053}
+CORRECTIONS = {"haar": HAAR_TO_DLIB, "yunet": YUNET_TO_DLIB}
+
+_local = threading.local()  # this thread's detector objects
 
 
 def dlib_available() -> bool:
@@ -50,46 +61,95 @@ def haar_available() -> bool:
     return hasattr(cv2, "CascadeClassifier")
 
 
+def _per_thread(name: str, make):
+    """This thread's instance of a detector object, made on first use."""
+    cache: Dict[str, object] = getattr(_local, "detectors", None) or {}
+    _local.detectors = cache
+    if name not in cache:
+        cache[name] = make()
+    return cache[name]
+
+
 def load_detector(detector: str = "auto") -> str:
-    """Resolve "auto" and load the detector now, so a missing one fails before any work; returns "dlib" or "haar"."""
+    """Resolve "auto" (YuNet) and load the detector now, so a missing one fails before any work; its name."""
     if detector not in DETECTORS:
         raise ValueError(f"unknown face detector {detector!r}: use one of {', '.join(DETECTORS)}")
     if detector == "auto":
-        detector = "dlib" if dlib_available() else "haar"
-    if detector == "dlib":
-        _dlib_detector()
-    else:
-        _haar_cascade()
+        detector = "yunet"
+    {"yunet": _yunet, "dlib": _dlib_detector, "haar": _haar_cascade}[detector]()
     return detector
 
 
-def detect_faces(image_bgr: np.ndarray, detector: str = "auto") -> list[Box]:
+def detect_faces(image_bgr: np.ndarray, detector: str = "auto") -> List[Box]:
     """Face boxes (x0, y0, x1, y1) in image pixels, dlib-framed, largest first; [] when there is no face.
 
-    ``detector``: "auto" (dlib when importable, else Haar), "dlib" or "haar". Accepts BGR, grayscale
-    or BGRA uint8 images.
+    ``detector``: "auto" (YuNet), "yunet", "dlib" or "haar". Accepts BGR, grayscale or BGRA uint8 images.
     """
     detector = load_detector(detector)
     image = ensure_bgr(image_bgr)
     # shrink big frames; boxes are scaled back below
     f = min(1.0, DETECT_MAX_SIDE / max(image.shape[:2]))
     small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1.0 else image
-    boxes = dlib_boxes(small) if detector == "dlib" else _haar_boxes(small)
+    boxes = raw_boxes(small, detector)
+    if detector in CORRECTIONS:
+        boxes = [to_dlib_framing(b, CORRECTIONS[detector]) for b in boxes]
     boxes = [tuple(float(v) / f for v in b) for b in boxes]
     return sorted(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
 
 
-@functools.lru_cache(maxsize=1)
+def raw_boxes(image_bgr: np.ndarray, detector: str) -> List[Box]:
+    """The detector's own boxes, before the framing correction (BGR uint8 image)."""
+    if detector == "dlib":
+        return dlib_boxes(image_bgr)
+    if detector == "haar":
+        # no histogram equalisation: Haar windows are variance-normalised already, and a global equalisation
+        # of a frame with a large dark or bright background washes the face out (seen: faces missed)
+        grey = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+        found = _haar_cascade().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(30, 30))
+        return [(float(x), float(y), float(x + w), float(y + h)) for x, y, w, h in found]
+    if detector == "yunet":
+        yunet = _yunet()
+        yunet.setInputSize((image_bgr.shape[1], image_bgr.shape[0]))
+        _, found = yunet.detect(image_bgr)
+        return [] if found is None else [(float(x), float(y), float(x + w), float(y + h))
+                                         for x, y, w, h in found[:, :4]]
+    raise ValueError(f"unknown face detector {detector!r}: use one of {', '.join(DETECTORS[1:])}")
+
+
+def to_dlib_framing(box: Box, correction: dict) -> Box:
+    """Map a detector's box onto dlib's framing with a measured correction (sx, sy, dx, dy)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    w, h = x1 - x0, y1 - y0
+    cx, cy = (x0 + x1) / 2 + correction["dx"] * w, (y0 + y1) / 2 + correction["dy"] * h
+    half_w, half_h = correction["sx"] * w / 2, correction["sy"] * h / 2
+    return (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+
+
+def _yunet():
+    def make():
+        if not hasattr(cv2, "FaceDetectorYN"):
+            raise RuntimeError(f"detector='yunet' needs OpenCV >= 4.8 (cv2.FaceDetectorYN); this is {cv2.__version__}")
+        if not YUNET_MODEL.is_file():
+            raise RuntimeError(f"{YUNET_MODEL}: YuNet model missing (it ships with the package; reinstall it)")
+        try:
+            return cv2.FaceDetectorYN.create(str(YUNET_MODEL), "", (320, 320), YUNET_SCORE, YUNET_NMS, 5000)
+        except cv2.error as e:
+            raise RuntimeError(f"{YUNET_MODEL}: OpenCV cannot load the YuNet model (corrupt?): {e}") from e
+    return _per_thread("yunet", make)
+
+
 def _dlib_detector():
-    try:
-        import dlib
-    except ImportError as e:
-        raise RuntimeError("detector='dlib' needs dlib: `pip install dlib-bin` (extra: teacher), "
-                           "or use detector='haar'") from e
-    return dlib.get_frontal_face_detector()
+    def make():
+        try:
+            import dlib
+        except ImportError as e:
+            raise RuntimeError("detector='dlib' needs dlib: `pip install dlib-bin` (extra: teacher), "
+                               "or use detector='yunet'") from e
+        return dlib.get_frontal_face_detector()
+    return _per_thread("dlib", make)
 
 
-def dlib_boxes(image_bgr: np.ndarray) -> list[Box]:
+def dlib_boxes(image_bgr: np.ndarray) -> List[Box]:
     """dlib HOG boxes at full resolution, as the teacher labels (train/annotate.py): RGB, upsample 1, then 2."""
     detect = _dlib_detector()
     rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
@@ -100,34 +160,18 @@ def dlib_boxes(image_bgr: np.ndarray) -> list[Box]:
     return []
 
 
-@functools.lru_cache(maxsize=1)
 def _haar_cascade():
-    if not haar_available():
-        raise RuntimeError(f"detector='haar' needs OpenCV's CascadeClassifier, which OpenCV {cv2.__version__} "
-                           "does not have (it left the main package in OpenCV 5): install "
-                           "'opencv-python-headless<5' or dlib (`pip install dlib-bin`)")
-    path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
-    cascade = cv2.CascadeClassifier(path)
-    if cascade.empty():
-        raise RuntimeError(f"cannot load OpenCV's Haar cascade {path}")
-    return cascade
-
-
-def _haar_boxes(image_bgr: np.ndarray) -> list[Box]:
-    # no histogram equalisation: Haar windows are variance-normalised already, and a global equalisation
-    # of a frame with a large dark or bright background washes the face out (seen: faces missed)
-    grey = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
-    found = _haar_cascade().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(30, 30))
-    return [haar_to_dlib((x, y, x + w, y + h)) for x, y, w, h in found]
-
-
-def haar_to_dlib(box: Box) -> Box:
-    """Map a Haar box onto dlib's framing (HAAR_TO_DLIB, measured above)."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    w, h = x1 - x0, y1 - y0
-    cx, cy = (x0 + x1) / 2 + HAAR_TO_DLIB["dx"] * w, (y0 + y1) / 2 + HAAR_TO_DLIB["dy"] * h
-    half_w, half_h = HAAR_TO_DLIB["scale"] * w / 2, HAAR_TO_DLIB["scale"] * h / 2
-    return (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+    def make():
+        if not haar_available():
+            raise RuntimeError(f"detector='haar' needs OpenCV's CascadeClassifier, which OpenCV {cv2.__version__} "
+                               "does not have (it left the main package in OpenCV 5): install "
+                               "'opencv-python-headless<5' or use detector='yunet'")
+        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        cascade = cv2.CascadeClassifier(path)
+        if cascade.empty():
+            raise RuntimeError(f"cannot load OpenCV's Haar cascade {path}")
+        return cascade
+    return _per_thread("haar", make)
 
 
 def dlib_shape_predictor_path() -> Path:

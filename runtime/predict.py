@@ -37,7 +37,7 @@ from core.progress import Progress
 from core.schema import GROUPS
 
 from .detector import LandmarkDetector
-from .faces import detect_faces, load_detector
+from .faces import DETECTORS, detect_faces, load_detector
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
@@ -226,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, metavar="DIR",
                     help="folder for the annotated output and landmarks.json")
     ap.add_argument("--backend", choices=["onnxruntime", "tensorrt"], help="override the backend chosen by extension")
-    ap.add_argument("--detector", choices=["auto", "dlib", "haar"], default="auto",
-                    help="face detector: dlib's HOG detector (the training boxes) when installed, else OpenCV's Haar "
-                         "cascade, corrected to dlib's framing (default: %(default)s)")
+    ap.add_argument("--detector", choices=list(DETECTORS), default="auto",
+                    help="face detector: auto = yunet (shipped, finds occluded faces best); dlib (HOG, the training "
+                         "boxes; needs dlib) or haar; yunet and haar boxes are corrected to dlib's framing "
+                         "(default: %(default)s)")
     ap.add_argument("--whole", action="store_true",
                     help="no face detection: each image/frame is already a face crop "
                          "(face centred, about half the side)")

@@ -30,7 +30,7 @@ import torch
 
 from core.data import DEFAULT_FACES, DEFAULT_MASKS
 from core.files import atomic_write_bytes
-from core.occlusion import CONDITIONS
+from core.occlusion import CONDITIONS, EVAL_CONDITIONS
 from core.pose import SIDE_YAW_DEG
 from core.preprocess import INPUT_SIZE, to_input
 from core.samples import occluded_crops
@@ -281,8 +281,8 @@ def examples(model, faces_dir: Path, masks_dir: Path, path: Path, n: int = 4) ->
 
 # ---- markdown ----------------------------------------------------------------------------------------------------
 
-def fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}"
+def fmt(v: float | None, digits: int = 2) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
 
 
 def nmse_table(methods: dict[str, dict], group: str) -> str:
@@ -520,6 +520,56 @@ def fan_note(budget: dict, mobilenet_val: float, control: dict | None) -> str:
     return text + "\n"
 
 
+def evaluate_candidates(args: argparse.Namespace) -> dict:
+    """Each --candidate NAME=CHECKPOINT under the test protocol with the textured condition and, for models
+    with heads, visibility and face-score quality; with the checkpoint's epoch."""
+    out = {}
+    for item in args.candidate:
+        name, _, path = item.partition("=")
+        if not path or not Path(path).is_file():
+            raise SystemExit(f"--candidate {item!r}: use NAME=CHECKPOINT with an existing checkpoint")
+        print(f"\n== candidate {name}", flush=True)
+        state = checkpoint.load(Path(path))
+        out[name], _ = evaluate(torch_predictor(checkpoint.load_model(Path(path))), args.faces, args.masks, "test",
+                                args.limit)
+        out[name]["checkpoint"] = {"path": path, "epoch": state.get("epoch"),
+                                   "best_val_nmse": state.get("best_val_nmse"), "recipe": state.get("recipe")}
+        print(format_tables(out[name], name))
+    return out
+
+
+# The model issue's targets (test split, all faces, NMSE %) and head-quality floors.
+TARGETS = {"clean": 3.5, "10-20": 4.3, "30-40": 5.8, "40-50": 7.2, "50-60": 9.3, "center25": 10.5}
+VISIBILITY_AUC_TARGET, FACE_AUC_TARGET = 0.95, 0.99
+
+
+def candidates_section(candidates: dict) -> str:
+    """The previous model against the model with heads: NMSE with the textured condition, and the heads."""
+    conds = list(EVAL_CONDITIONS)
+    lines = ["## The model with visibility and face-score heads", "",
+             "Evaluated by `python scripts/results_report.py --reuse --candidate NAME=CHECKPOINT` on all test faces,",
+             "with the `textured` condition (the 30-40 % masks filled with texture). Targets of the model issue",
+             "in the last row.", "",
+             "| model | epoch | " + " | ".join(conds) + " |", "|---" * (len(conds) + 2) + "|"]
+    for name, res in candidates.items():
+        row = res["nmse"]["all"]
+        lines.append(f"| {name} | {res['checkpoint']['epoch']} | " + " | ".join(fmt(row.get(c)) for c in conds) + " |")
+    lines.append("| *target* | | " + " | ".join(f"*≤ {TARGETS[c]}*" if c in TARGETS else "" for c in conds) + " |")
+    heads = {n: r for n, r in candidates.items() if "visibility" in r}
+    if heads:
+        lines += ["", f"Visibility (ROC AUC / accuracy at 0.5, share of hidden points; target AUC ≥ "
+                      f"{VISIBILITY_AUC_TARGET} under the Liu masks) and face score (ROC AUC against one negative "
+                      f"per face; target ≥ {FACE_AUC_TARGET}):", "",
+                  "| model | | " + " | ".join(conds) + " |", "|---" * (len(conds) + 2) + "|"]
+        for name, res in heads.items():
+            vis = res["visibility"]
+            lines.append(f"| {name} | visibility AUC | " + " | ".join(fmt(vis[c]["auc"], 3) for c in conds) + " |")
+            lines.append("| | accuracy | " + " | ".join(fmt(vis[c]["accuracy"], 3) for c in conds) + " |")
+            lines.append("| | hidden share | " + " | ".join(fmt(vis[c]["hidden_share"]) for c in conds) + " |")
+            lines.append("| | face score AUC | " + " | ".join(fmt(res["face_score_auc"][c], 3) for c in conds) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render(doc: dict, state: dict | None, args: argparse.Namespace) -> str:
     methods, ablation, speed = doc["methods"], doc["ablation"], doc["speed"]
     if not methods:
@@ -607,6 +657,8 @@ These are **reduced-budget runs** (epochs and training faces above, against the 
 {len(state['history']) if state else '?'} epochs on {state['train_faces'] if state else '?'} faces); gains may change
 with the full budget.
 {undertrained_note(ablation, state)}""")
+    if doc.get("candidates"):
+        out.append(candidates_section(doc["candidates"]))
     if doc.get("presets"):
         out.append(preset_section(doc["presets"]))
     if state is not None:
@@ -638,6 +690,9 @@ def main(argv: list[str] | None = None) -> dict:
     keep.add_argument("--reuse", action="store_true", help="re-render from DOCS/results.json, no evaluation")
     keep.add_argument("--ablation-only", action="store_true",
                       help="evaluate only the ablation runs; keep methods, speed and presets of DOCS/results.json")
+    ap.add_argument("--candidate", action="append", default=[], metavar="NAME=CHECKPOINT",
+                    help="also evaluate this checkpoint (repeatable), e.g. the model in training against the "
+                         "committed one; kept in DOCS/results.json under candidates")
     args = ap.parse_args(argv)
     img = args.docs / "img"
     img.mkdir(parents=True, exist_ok=True)
@@ -647,6 +702,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.reuse:
         doc = json.loads(previous.read_text())
+        if args.candidate:
+            doc["candidates"] = {**doc.get("candidates", {}), **evaluate_candidates(args)}
+            atomic_write_bytes(previous, json.dumps(doc, indent=1).encode())
     else:
         if not args.masks.is_dir():
             raise SystemExit(f"{args.masks}: Liu et al. mask folder not found (--masks)")

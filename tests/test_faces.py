@@ -1,5 +1,7 @@
-"""Face detection for full images: dlib and Haar boxes on real faces, input formats, no face, clear errors."""
+"""Face detection for full images: YuNet, dlib and Haar boxes on real faces, input formats, no face, threads,
+clear errors."""
 import sys
+import threading
 
 import cv2
 import numpy as np
@@ -13,7 +15,7 @@ from tests.conftest import FACES, needs_data
 needs_haar = pytest.mark.skipif(not faces.haar_available(),
                                 reason=f"OpenCV {cv2.__version__} has no CascadeClassifier (removed in OpenCV 5)")
 needs_dlib_detector = pytest.mark.skipif(not faces.dlib_available(), reason="dlib not installed")
-DETECTORS = [pytest.param("dlib", marks=needs_dlib_detector), pytest.param("haar", marks=needs_haar)]
+DETECTORS = [pytest.param("dlib", marks=needs_dlib_detector), pytest.param("haar", marks=needs_haar), "yunet"]
 
 
 def real_faces() -> list[np.ndarray]:
@@ -75,9 +77,10 @@ def test_no_face_gives_an_empty_list(detector):
     assert detect_faces(gradient, detector) == []
 
 
-@pytest.mark.skipif(not (faces.dlib_available() or faces.haar_available()), reason="neither dlib nor Haar available")
-def test_auto_prefers_dlib():
-    assert faces.load_detector("auto") == ("dlib" if faces.dlib_available() else "haar")
+def test_auto_is_the_shipped_yunet():
+    assert faces.load_detector("auto") == "yunet" and faces.YUNET_MODEL.is_file()
+    assert (faces.YUNET_MODEL.parent / "LICENSE").is_file() and "Apache" in (
+        faces.YUNET_MODEL.parent / "LICENSE").read_text()
 
 
 def test_unknown_detector_and_bad_image_are_rejected():
@@ -87,28 +90,59 @@ def test_unknown_detector_and_bad_image_are_rejected():
         detect_faces(np.zeros((64, 64, 3), np.float32), "dlib" if faces.dlib_available() else "haar")
 
 
-def test_missing_dlib_is_a_clear_error(monkeypatch):
-    faces._dlib_detector.cache_clear()
+@pytest.fixture
+def fresh_detectors(monkeypatch):
+    """This thread's detector objects made anew (and dropped again afterwards)."""
+    monkeypatch.setattr(faces, "_local", threading.local())
+
+
+def test_missing_dlib_is_a_clear_error(monkeypatch, fresh_detectors):
     monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib now raises ImportError
-    try:
-        with pytest.raises(RuntimeError, match="pip install dlib-bin"):
-            detect_faces(np.zeros((64, 64, 3), np.uint8), "dlib")
-    finally:
-        faces._dlib_detector.cache_clear()
+    with pytest.raises(RuntimeError, match="pip install dlib-bin"):
+        detect_faces(np.zeros((64, 64, 3), np.uint8), "dlib")
 
 
-def test_missing_haar_is_a_clear_error(monkeypatch):
-    faces._haar_cascade.cache_clear()
+def test_missing_haar_is_a_clear_error(monkeypatch, fresh_detectors):
     monkeypatch.delattr(cv2, "CascadeClassifier", raising=False)  # as in OpenCV 5
-    try:
-        with pytest.raises(RuntimeError, match="opencv-python-headless<5"):
-            detect_faces(np.zeros((64, 64, 3), np.uint8), "haar")
-    finally:
-        faces._haar_cascade.cache_clear()
+    with pytest.raises(RuntimeError, match="opencv-python-headless<5"):
+        detect_faces(np.zeros((64, 64, 3), np.uint8), "haar")
+
+
+def test_missing_or_corrupt_yunet_is_a_clear_error(monkeypatch, fresh_detectors, tmp_path):
+    monkeypatch.setattr(faces, "YUNET_MODEL", tmp_path / "missing.onnx")
+    with pytest.raises(RuntimeError, match="missing.onnx: YuNet model missing"):
+        detect_faces(np.zeros((64, 64, 3), np.uint8))
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not onnx")
+    monkeypatch.setattr(faces, "YUNET_MODEL", corrupt)
+    with pytest.raises(RuntimeError, match="corrupt.onnx: OpenCV cannot load"):
+        detect_faces(np.zeros((64, 64, 3), np.uint8))
+
+
+@needs_data
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_two_threads_detecting_at_once_get_their_own_faces(detector):
+    """Each thread owns its detectors: two threads on different images always get their own image's box
+    (before, dlib crashed and Haar handed one thread the other's box in 56 of 100 calls)."""
+    images = [read_image(sorted((FACES / folder).glob("*.jpg"))[0]) for folder in ("cacd", "taiwanese")]
+    expected = [detect_faces(im, detector) for im in images]
+    wrong = []
+
+    def work(k: int) -> None:
+        for _ in range(30):
+            if detect_faces(images[k], detector) != expected[k]:
+                wrong.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert expected[0] != expected[1] and not wrong
 
 
 def test_haar_correction_maps_onto_dlib_framing():
     # a 100 px Haar box becomes a 85.5 px box, 2.5 px left of and 6 px below the Haar centre
-    x0, y0, x1, y1 = faces.haar_to_dlib((0, 0, 100, 100))
+    x0, y0, x1, y1 = faces.to_dlib_framing((0, 0, 100, 100), faces.HAAR_TO_DLIB)
     assert x1 - x0 == pytest.approx(85.5) and y1 - y0 == pytest.approx(85.5)
     assert ((x0 + x1) / 2, (y0 + y1) / 2) == pytest.approx((47.5, 56.0))

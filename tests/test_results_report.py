@@ -178,3 +178,18 @@ def test_a_run_with_one_nmse_under_every_condition_is_collapsed():
 
     assert collapsed(run([17.83, 17.83, 17.84, 17.83, 17.82, 17.83]))
     assert not collapsed(run([10.06, 11.90, 14.61, 16.26, 16.92, 15.89]))
+
+
+def test_candidates_section_shows_targets_and_heads():
+    from scripts.results_report import candidates_section
+
+    conds = ["clean", "10-20", "30-40", "40-50", "50-60", "center25", "textured"]
+    plain = {"nmse": {"all": {c: 5.0 for c in conds}}, "checkpoint": {"epoch": 26}}
+    heads = {"nmse": {"all": {c: 4.0 for c in conds}}, "checkpoint": {"epoch": 7},
+             "visibility": {c: {"auc": 0.9512, "accuracy": 0.9, "hidden_share": 0.3} for c in conds},
+             "face_score_auc": {c: 0.9987 for c in conds}}
+    md = candidates_section({"old": plain, "new": heads})
+    assert "| old | 26 | 5.00 |" in md and "| new | 7 | 4.00 |" in md
+    assert "*≤ 3.5*" in md and "*≤ 10.5*" in md  # the targets
+    assert "| new | visibility AUC | 0.951 |" in md and "0.999" in md  # AUCs with three digits
+    assert "| old | visibility" not in md  # no heads, no head rows

@@ -33,6 +33,7 @@ ARMS: dict[str, tuple[list[str], str]] = {
     "labels-drop": (["--labels", "drop"], "dropping doubtful labels instead of averaging"),
     "heads-light": (["--head-weight", "0.2"], "head losses at full weight (0.2 instead)"),
     "no-negatives": (["--negatives", "0"], "face-score negatives in the batch (none: the score cannot learn)"),
+    "lr-low": (["--lr", "1e-4"], "the fine-tuning learning rate 5e-4 (1e-4 instead)"),
 }
 BUDGET = ["--spread", "2400", "--epochs", "3", "--lr", "5e-4"]
 EPOCHS = int(BUDGET[BUDGET.index("--epochs") + 1])
