@@ -61,7 +61,8 @@ class Progress:
         done = f"{self.n}/{self.total} {self.unit}" if self.total else f"{self.n} {self.unit}"
         pct = f" {100 * self.n // max(1, self.total)}%" if self.total else ""
         rate = self.n / max(1e-9, time.time() - self.start)
-        print(f"{self.desc}:{pct} {done}, {rate:.1f} {self.unit}/s{self.postfix}", file=self.stream, flush=True)
+        speed = f"{rate:.1f} {self.unit}/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.1f} s/{self.unit}"
+        print(f"{self.desc}:{pct} {done}, {speed}{self.postfix}", file=self.stream, flush=True)
 
     def set_postfix(self, **values) -> None:
         self.set_postfix_str(", ".join(f"{k}={v}" for k, v in values.items()))
