@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,25 +65,39 @@ class Golden:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: golden file not found")
         try:
+            with zipfile.ZipFile(path) as archive:  # numpy reads members without checking their CRC
+                damaged = archive.testzip()
             z = np.load(path, allow_pickle=False)
             fmt = str(z["format"])
         except Exception as e:
             raise ValueError(f"{path}: not a golden file ({e.__class__.__name__}: {e})") from e
+        if damaged:
+            raise ValueError(f"{path}: damaged golden file: its member {damaged} fails the CRC check; "
+                             f"export it again with export/export_onnx.py")
         if fmt != GOLDEN_FORMAT:
             raise ValueError(f"{path}: golden format {fmt!r}, expected {GOLDEN_FORMAT!r}")
-        meta = json.loads(str(z["meta"]))
+        try:
+            meta = json.loads(str(z["meta"]))
+            if not isinstance(meta, dict):
+                raise ValueError("its metadata is not a JSON object")
+        except Exception as e:
+            raise ValueError(f"{path}: unreadable golden metadata ({e.__class__.__name__}: {e})") from e
         if meta.get("preprocess_version") != PREPROCESS_VERSION:
             raise ValueError(f"{path}: made with preprocessing {meta.get('preprocess_version')!r}, "
                              f"this runtime has {PREPROCESS_VERSION!r}")
-        return cls(
-            paths=z["paths"].tolist(), sha1=z["sha1"].tolist(), boxes=z["boxes"], landmarks=z["landmarks"],
-            yaw=z["yaw"], face_index=z["face_index"], condition=z["condition"].tolist(),
-            mask_id=z["mask_id"].tolist(),
-            masks=np.unpackbits(z["masks"], axis=-1, count=INPUT_SIZE).astype(bool),
-            reference=z["reference"], meta=meta,
-            reference_visibility=z["reference_visibility"] if "reference_visibility" in z.files else None,
-            reference_score=z["reference_score"] if "reference_score" in z.files else None,
-        )
+        try:
+            return cls(
+                paths=z["paths"].tolist(), sha1=z["sha1"].tolist(), boxes=z["boxes"], landmarks=z["landmarks"],
+                yaw=z["yaw"], face_index=z["face_index"], condition=z["condition"].tolist(),
+                mask_id=z["mask_id"].tolist(),
+                masks=np.unpackbits(z["masks"], axis=-1, count=INPUT_SIZE).astype(bool),
+                reference=z["reference"], meta=meta,
+                reference_visibility=z["reference_visibility"] if "reference_visibility" in z.files else None,
+                reference_score=z["reference_score"] if "reference_score" in z.files else None,
+            )
+        except Exception as e:  # a missing array, a damaged member, bad metadata: name the file and the problem
+            raise ValueError(f"{path}: a damaged or incomplete golden file ({e.__class__.__name__}: {e}); "
+                             f"export it again with export/export_onnx.py") from e
 
     def crops(self, faces_dir: Path) -> np.ndarray:
         """Re-create every sample's uint8 occluded crop (S, 256, 256, 3) from the face images."""

@@ -10,7 +10,12 @@ the reference in pixels at 256 scale. For a model with visibility and face-score
 heads it also reports, per condition, the largest difference of either probability
 from the reference and the share of points whose visible/hidden call (at 0.5) agrees
 with the reference's. A NaN or infinite output anywhere fails the model.
-Exit status 1 when a model breaks a bound.
+
+Exit status, so that a CI gate can tell a regression from a broken setup:
+  0  every model ran and is within its bounds
+  1  every model ran, and at least one is outside a bound (a parity regression)
+  2  verification could not run: bad arguments, an unreadable golden set or faces folder, or a model that
+     could not be loaded or run (the other models are still verified and reported)
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from core.preprocess import INPUT_SIZE, output_to_image, to_input
 from .backends import Outputs, landmarks_output, load_backend
 from .golden import Golden
 
+EXIT_OUTSIDE_BOUND, EXIT_CANNOT_RUN = 1, 2
 DEFAULT_BOUNDS = {"fp32": 0.01, "fp16": 0.05, "int8": 0.30}  # |ΔNMSE| in NMSE percentage points
 # Heads, per precision: (max |Δ probability| of visibility and face score, min visible/hidden agreement).
 HEAD_BOUNDS = {"fp32": (1e-3, 0.999), "fp16": (0.05, 0.99), "int8": (0.25, 0.97)}
@@ -134,13 +140,23 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"|ΔNMSE| bound per precision (defaults: {DEFAULT_BOUNDS})")
     args = ap.parse_args(argv)
     bounds = parse_bounds(args.bound)
-    golden = Golden.load(args.golden)
-    crops = golden.crops(args.faces)
+    try:
+        golden = Golden.load(args.golden)
+        crops = golden.crops(args.faces)
+    except (OSError, ValueError) as e:  # ImageError is a ValueError
+        print(f"error: cannot verify: {e}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
     print(f"golden: {len(golden.paths)} faces, {len(crops)} samples ({args.golden})")
-    report, failed = {"golden": str(args.golden), "bounds": bounds, "models": {}}, []
+    report, failed, broken = {"golden": str(args.golden), "bounds": bounds, "models": {}}, [], []
     for path in args.model:
-        backend = load_backend(path, args.backend)
-        per_cond = compare(golden, run_model(backend, crops))
+        try:
+            backend = load_backend(path, args.backend)
+            per_cond = compare(golden, run_model(backend, crops))
+        except Exception as e:  # one unreadable model must not cost the others their result
+            print(f"\n{path}: ERROR, could not be verified: {e}", file=sys.stderr)
+            report["models"][str(path)] = {"error": f"{e.__class__.__name__}: {e}", "pass": False}
+            broken.append(str(path))
+            continue
         verdict = judge(per_cond, backend.precision, bounds)
         report["models"][str(path)] = {"backend": backend.name, "precision": backend.precision, **verdict,
                                        "conditions": per_cond}
@@ -165,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwrote {args.json}")
     if failed:
         print(f"FAILED parity: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    if broken:
+        print(f"could not verify: {', '.join(broken)}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    return EXIT_OUTSIDE_BOUND if failed else 0
 
 
 if __name__ == "__main__":

@@ -201,3 +201,45 @@ def test_verify_fails_a_model_with_nan_outputs():
     pred["landmarks"][1::2] = np.nan  # NaN on the occluded samples only, not on the first
     verdict = judge(compare(golden, pred), "fp32", {"fp32": 0.01})
     assert not verdict["pass"] and np.isnan(verdict["max_abs_delta_nmse"])
+
+
+def test_verify_exit_codes_tell_a_regression_from_a_broken_setup(heads_onnx, tmp_path, monkeypatch, capsys):
+    """0 pass, 1 outside a bound, 2 could not run; a broken model does not cost the others their result."""
+    import runtime.verify as verify
+    from runtime.golden import Golden
+
+    golden_path = tmp_path / "g.golden.npz"
+    _, path = heads_onnx
+    rng = np.random.default_rng(0)
+    golden = Golden(paths=["a"], sha1=[""], boxes=np.array([[64.0, 64, 192, 192]]),
+                    landmarks=rng.uniform(80, 170, (1, 68, 2)).astype(np.float32), yaw=np.zeros(1),
+                    face_index=np.zeros(2, int), condition=["clean", "30-40"], mask_id=["", ""],
+                    masks=np.ones((2, 256, 256), bool), reference=np.zeros((2, 68, 2), np.float32),
+                    meta={"preprocess_version": "crop-v1"})
+    golden.save(golden_path)
+    crops = np.zeros((2, 256, 256, 3), np.uint8)
+    monkeypatch.setattr(Golden, "crops", lambda self, faces: crops)
+    from runtime.backends import load_backend
+    good = verify.run_model(load_backend(path), crops)
+    golden.reference, golden.reference_visibility, golden.reference_score = (good["landmarks"], good["visibility"],
+                                                                            good["face_score"])
+    golden.save(golden_path)
+    args = ["--golden", str(golden_path), "--faces", str(tmp_path), "--json", str(tmp_path / "v.json")]
+    assert verify.main(args + ["--model", str(path)]) == 0
+    inverted = _invert_visibility(path, tmp_path / "inverted.onnx")
+    assert verify.main(args + ["--model", str(path), "--model", str(inverted)]) == verify.EXIT_OUTSIDE_BOUND
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    assert verify.main(args + ["--model", str(path), "--model", str(broken)]) == verify.EXIT_CANNOT_RUN
+    doc = json.loads((tmp_path / "v.json").read_text())
+    assert doc["models"][str(path)]["pass"] and "broken.onnx" in doc["models"][str(broken)]["error"]
+    # a damaged golden file: exit 2 and a message naming it, not a traceback
+    import zipfile
+
+    damaged = tmp_path / "damaged.golden.npz"
+    data = bytearray(golden_path.read_bytes())
+    member = zipfile.ZipFile(golden_path).getinfo("reference.npy")
+    data[member.header_offset + 30 + len(member.filename) + len(member.extra) + member.compress_size // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))  # one flipped bit inside the reference predictions
+    assert verify.main(["--golden", str(damaged), "--faces", str(tmp_path), "--model", str(path)]) == 2
+    assert "damaged.golden.npz" in capsys.readouterr().err

@@ -31,6 +31,12 @@ def test_short_training_run_loss_falls_and_resumes(small_faces, tmp_cache, tmp_p
     model = checkpoint.load_model(out / "best.pt")
     assert model.fc.out_features == 136 and model.config.heads and state["recipe"]["labels"] == "average"
 
+    # a finished run is not overwritten by a forgotten --resume, and a resume with nothing left says so
+    with pytest.raises(SystemExit, match="holds a run already .*--resume carries it on, --force starts over"):
+        main(args + ["--epochs", "4"])
+    with pytest.raises(SystemExit, match="at epoch 4 of --epochs 4: nothing left to do"):
+        main(args + ["--epochs", "4", "--resume"])
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 4  # untouched
     resumed = main(args + ["--epochs", "5", "--resume"])
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
     assert resumed["history"][:4] == result["history"]

@@ -36,7 +36,7 @@ from core.preprocess import INPUT_SIZE
 from . import checkpoint
 from .dataset import LEGACY_RECIPE
 from .evaluate import Predictor, torch_predictor
-from .loop import fit
+from .loop import fit, open_run
 from .model import count_flops, count_parameters
 from .train import record_epoch, training_data, validate
 
@@ -232,6 +232,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, help="use only the first N training faces (quick runs, tests)")
     ap.add_argument("--val-limit", type=int, help="use only the first N validation faces")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    ap.add_argument("--force", action="store_true", help="start a fresh run in an OUT that holds one (overwrites it)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", action="store_true", help="print parameters and multiply-adds, then exit")
     return ap.parse_args(argv)
@@ -256,11 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     start_epoch, history, best = 0, [], float("inf")
     last_path = args.out / "last.pt"
-    state = None
-    if args.resume:
-        if not last_path.exists():
-            raise SystemExit(f"{last_path}: nothing to resume")
-        state = checkpoint.load(last_path, FORMAT)
+    state = open_run(args.out, args.resume, args.force, args.epochs, lambda p: checkpoint.load(p, FORMAT))
+    if state is not None:
         config = FANConfig(**state["config"])  # the run's own size, whatever the flags say
     model = FAN(config)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)

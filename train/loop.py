@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -22,6 +23,31 @@ def learning_rate(cfg: dict, epoch_float: float, epochs: int) -> float:
         t = (epoch_float - cfg["warmup_epochs"]) / max(1e-9, epochs - cfg["warmup_epochs"])
         return 1e-6 + 0.5 * (cfg["lr"] - 1e-6) * (1 + math.cos(math.pi * min(1.0, t)))
     return cfg["lr"]
+
+
+RUN_FILES = ("last.pt", "best.pt", "history.json")
+
+
+def open_run(out: Path, resume: bool, force: bool, epochs: int, load: Callable[[Path], dict]) -> dict | None:
+    """The checkpoint to resume (``load(last.pt)``), or None for a fresh run; refuses what would lose work.
+
+    A fresh run into a folder that holds one needs ``force`` (hours of training are not overwritten by a
+    forgotten --resume); a resume needs last.pt and epochs left to train.
+    """
+    last = Path(out) / "last.pt"
+    if not resume:
+        found = [f for f in RUN_FILES if (Path(out) / f).exists()]
+        if found and not force:
+            raise SystemExit(f"{out}: holds a run already ({', '.join(found)}): --resume carries it on, --force "
+                             f"starts over and overwrites it, or choose another --out")
+        return None
+    if not last.exists():
+        raise SystemExit(f"{last}: nothing to resume")
+    state = load(last)
+    if state["epoch"] >= epochs:
+        raise SystemExit(f"{last}: the run is at epoch {state['epoch']} of --epochs {epochs}: nothing left to do "
+                         f"(raise --epochs to train it longer)")
+    return state
 
 
 def stalled(history: list[dict], patience: int) -> bool:

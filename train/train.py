@@ -36,7 +36,7 @@ from core.preprocess import INPUT_SIZE
 from . import checkpoint
 from .annotate import annotate
 from .dataset import LABEL_MODES, LEGACY_RECIPE, CropCache, Recipe, TrainSet, validation_batches
-from .loop import fit
+from .loop import fit, open_run
 from .model import ABLATIONS, MODELS, MobileNetL, ModelConfig, landmarks_of, variant_name
 
 LOSSES = ("l1", "l2", "wing")
@@ -211,6 +211,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="use N training faces spread evenly over the split (reduced-budget A/B runs)")
     ap.add_argument("--val-limit", type=int, help="use only the first N validation faces")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    ap.add_argument("--force", action="store_true", help="start a fresh run in an OUT that holds one (overwrites it)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -237,11 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     log = (lambda *a: print(*a, file=sys.stderr)) if rank == 0 else (lambda *a: None)
 
     last_path = args.out / "last.pt"
-    state = None
-    if args.resume:
-        if not last_path.exists():
-            raise SystemExit(f"{last_path}: nothing to resume")
-        state = checkpoint.load(last_path)
+    state = open_run(args.out, args.resume, args.force, args.epochs, checkpoint.load)
+    if state is not None:
         saved = ModelConfig(**state["config"])
         if saved != config:
             raise SystemExit(f"{last_path}: a run of {variant_name(saved)!r}, not {variant_name(config)!r}; resume it "
