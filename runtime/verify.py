@@ -37,7 +37,9 @@ from .golden import Golden
 EXIT_OUTSIDE_BOUND, EXIT_CANNOT_RUN = 1, 2
 DEFAULT_BOUNDS = {"fp32": 0.01, "fp16": 0.05, "int8": 0.30}  # |ΔNMSE| in NMSE percentage points
 # Heads, per precision: (max |Δ probability| of visibility and face score, min visible/hidden agreement).
-HEAD_BOUNDS = {"fp32": (1e-3, 0.999), "fp16": (0.05, 0.99), "int8": (0.25, 0.97)}
+# Measured on the epoch-3 checkpoint of the heads model (200 test faces x 6 conditions): FP16 0.0024 and
+# 0.9998, INT8 0.186 and 0.981 (the heads stay float; the backbone's INT8 error moves them).
+HEAD_BOUNDS = {"fp32": (1e-3, 0.999), "fp16": (0.02, 0.995), "int8": (0.25, 0.97)}
 VISIBLE = 0.5  # a point counts as visible at or above this probability
 
 
