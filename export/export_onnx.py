@@ -8,6 +8,7 @@ import argparse
 import collections
 import io
 import json
+import os
 import platform
 import warnings
 from pathlib import Path
@@ -17,9 +18,12 @@ import onnx
 import torch
 
 from core import preprocess, schema
+from core.data import DEFAULT_FACES, DEFAULT_MASKS
 from core.files import atomic_write_bytes, sha1_file, sha256_file
 from export.quantize import set_metadata
 from runtime.backends import INPUT_NAME, OUTPUTS
+from train.checkpoint import load_model
+from train.model import variant_name
 
 DEFAULT_OPSET = 17
 BACKBONE_OPS = {"Conv", "HardSwish", "HardSigmoid", "Relu", "GlobalAveragePool", "Mul", "Add"}
@@ -151,10 +155,6 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from core.data import DEFAULT_FACES, DEFAULT_MASKS
-    from train.checkpoint import load_model
-    from train.model import variant_name
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=Path("weights/mobilenet_l.pt"), help="(default: %(default)s)")
     ap.add_argument("--out", type=Path, required=True, help="ONNX file to write; the golden set goes to OUT.golden.npz")
@@ -164,14 +164,44 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--masks", type=Path, default=DEFAULT_MASKS, help="Liu et al. masks (default: %(default)s)")
     ap.add_argument("--golden-faces", type=int, default=200, help="test faces in the golden set (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="mask selection seed, as in train.evaluate (default: %(default)s)")
+    ap.add_argument("--force", action="store_true", help="replace an existing OUT and its golden set")
     args = ap.parse_args(argv)
+    golden_path = args.out.with_suffix(".golden.npz")
+    if args.out.exists() and not args.force:
+        raise SystemExit(f"{args.out} exists; pass --force to replace it (and {golden_path.name})")
+    if args.out.parent.exists() and not args.out.parent.is_dir():
+        raise SystemExit(f"{args.out.parent}: not a folder, cannot write {args.out.name} there")
 
+    # Everything is written under temporary names first; the golden set and the model replace the final
+    # names together, and only once parity has passed, so a failed or killed export never leaves an
+    # unverified model (or a golden set of another model) under the final names.
+    tmp_onnx = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
+    tmp_golden = golden_path.with_name(f".{golden_path.name}.{os.getpid()}.tmp")
+    try:
+        result = export_checked(args, tmp_onnx, tmp_golden)
+        if tmp_golden.exists():
+            os.replace(tmp_golden, golden_path)
+            result["golden"] = str(golden_path)
+        elif golden_path.exists():  # the earlier export's golden set belongs to another model
+            golden_path.unlink()
+            print(f"removed {golden_path}: it was the golden set of the model this export replaces")
+        os.replace(tmp_onnx, args.out)
+    finally:
+        tmp_onnx.unlink(missing_ok=True)
+        tmp_golden.unlink(missing_ok=True)
+    result["onnx"] = str(args.out)
+    print(f"wrote {args.out}")
+    return result
+
+
+def export_checked(args: argparse.Namespace, onnx_path: Path, golden_path: Path) -> dict:
+    """Export, embed metadata, build the golden set and check parity, all at the given (temporary) paths."""
     model = load_model(args.checkpoint)
     checkpoint_sha = sha256_file(args.checkpoint)
-    notes = export_onnx(model, args.out, args.opset, simplify=not args.no_simplify)
+    notes = export_onnx(model, onnx_path, args.opset, simplify=not args.no_simplify)
     for note in notes:
         print(f"note: {note}")
-    ops = op_histogram(args.out)
+    ops = op_histogram(onnx_path)
     print("ONNX ops: " + ", ".join(f"{op} {n}" for op, n in ops.most_common()))
     check_op_set(ops)
     meta = {
@@ -181,30 +211,25 @@ def main(argv: list[str] | None = None) -> dict:
         "checkpoint_sha256": checkpoint_sha, "tools": json.dumps(tool_versions()),
         "simplified": "no" if notes or args.no_simplify else "yes",
     }
-    proto = onnx.load(str(args.out))
+    proto = onnx.load(str(onnx_path))
     set_metadata(proto, meta)
-    atomic_write_bytes(args.out, proto.SerializeToString())
-    result = {"onnx": str(args.out), "ops": dict(ops)}
-
-    if args.faces.is_dir() and args.masks.is_dir():
-        golden, crops = build_golden(model, args.faces, args.masks, args.golden_faces, args.seed,
-                                     {"checkpoint_sha256": checkpoint_sha, "onnx": args.out.name})
-        golden_path = args.out.with_suffix(".golden.npz")
-        golden.save(golden_path)
-        diffs = parity(args.out, crops, golden.outputs())
-        diff = diffs["landmarks"]
-        print(f"golden set: {len(golden.paths)} test faces x {len(set(golden.condition))} conditions -> {golden_path}")
-        print(f"parity ONNX Runtime vs PyTorch on {len(crops)} real samples: max landmark difference {diff:.5f} px "
-              f"at 256 (bound {PARITY_BOUND_PX} px)" + "".join(
-                  f", {n} {d:.2e} (bound {PARITY_BOUND_PROB})" for n, d in diffs.items() if n != "landmarks"))
-        result |= {"golden": str(golden_path), "max_diff_px": diff, "max_diff": diffs}
-        if diff > PARITY_BOUND_PX or any(d > PARITY_BOUND_PROB for n, d in diffs.items() if n != "landmarks"):
-            raise SystemExit(f"parity check failed: {diffs}")
-    else:
+    atomic_write_bytes(onnx_path, proto.SerializeToString())
+    result = {"ops": dict(ops)}
+    if not (args.faces.is_dir() and args.masks.is_dir()):
         print(f"skipped parity check and golden set: {args.faces} or {args.masks} not found")
-    print(f"wrote {args.out}")
-    return result
-
+        return result
+    golden, crops = build_golden(model, args.faces, args.masks, args.golden_faces, args.seed,
+                                 {"checkpoint_sha256": checkpoint_sha, "onnx": args.out.name})
+    diffs = parity(onnx_path, crops, golden.outputs())
+    diff = diffs["landmarks"]
+    print(f"golden set: {len(golden.paths)} test faces x {len(set(golden.condition))} conditions")
+    print(f"parity ONNX Runtime vs PyTorch on {len(crops)} real samples: max landmark difference {diff:.5f} px "
+          f"at 256 (bound {PARITY_BOUND_PX} px)" + "".join(
+              f", {n} {d:.2e} (bound {PARITY_BOUND_PROB})" for n, d in diffs.items() if n != "landmarks"))
+    if diff > PARITY_BOUND_PX or any(d > PARITY_BOUND_PROB for n, d in diffs.items() if n != "landmarks"):
+        raise SystemExit(f"parity check failed, nothing written under {args.out.name}: {diffs}")
+    golden.save(golden_path)
+    return {**result, "max_diff_px": diff, "max_diff": diffs}
 
 if __name__ == "__main__":
     main()

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         p.skip("evaluate the PyTorch reference", f"no face data at {args.data}")
     if not p.run("export ONNX (+ golden set and parity check when data is present)",
-                 [py, "-m", "export.export_onnx", "--checkpoint", str(args.checkpoint), "--out", str(onnx),
+                 [py, "-m", "export.export_onnx", "--force", "--checkpoint", str(args.checkpoint), "--out", str(onnx),
                   "--faces", str(faces), "--masks", str(masks), "--golden-faces", str(args.golden_faces)]):
         return summary(p)
     quant = [py, "-m", "export.quantize", "--onnx", str(onnx), "--fp16", str(fp16)] + (["--verbose"] if args.verbose else [])

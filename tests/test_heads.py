@@ -243,3 +243,32 @@ def test_verify_exit_codes_tell_a_regression_from_a_broken_setup(heads_onnx, tmp
     damaged.write_bytes(bytes(data))  # one flipped bit inside the reference predictions
     assert verify.main(["--golden", str(damaged), "--faces", str(tmp_path), "--model", str(path)]) == 2
     assert "damaged.golden.npz" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("tmp_cache")
+def test_export_writes_nothing_under_the_final_names_when_parity_fails(tmp_path, monkeypatch):
+    """A failed (or killed) export leaves the earlier model and its golden set as they were, and no temp files;
+    an existing OUT needs --force."""
+    from tests.conftest import FACES, MASKS, needs_data, needs_dlib, needs_masks
+
+    for mark in (needs_data, needs_masks, needs_dlib):
+        if mark.args[0]:
+            pytest.skip(mark.kwargs["reason"])
+    import export.export_onnx as exp
+    from train import checkpoint
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "m.pt"
+    checkpoint.save(ckpt, MobileNetL(MODELS["mobilenet_l"]))
+    out = tmp_path / "out" / "m.onnx"
+    args = ["--checkpoint", str(ckpt), "--out", str(out), "--golden-faces", "2", "--faces", str(FACES),
+            "--masks", str(MASKS)]
+    exp.main(args)
+    before = (out.read_bytes(), out.with_suffix(".golden.npz").read_bytes())
+    with pytest.raises(SystemExit, match="exists; pass --force"):
+        exp.main(args)
+    monkeypatch.setattr(exp, "parity", lambda *a: {"landmarks": 34.7})  # a parity check that fails
+    with pytest.raises(SystemExit, match="parity check failed, nothing written under m.onnx"):
+        exp.main(args + ["--force"])
+    assert (out.read_bytes(), out.with_suffix(".golden.npz").read_bytes()) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.golden.npz", "m.onnx"]  # no temp files left
