@@ -22,6 +22,7 @@ LIU_BINS: dict[str, tuple[float, float, int]] = {  # name: (low, high, first fil
 }
 LIU_BIN_FILES = 2000
 CONDITIONS = ("clean", "10-20", "30-40", "40-50", "50-60", "center25")  # the paper's protocol
+PAPER_CONDITIONS = CONDITIONS[1:]  # the columns of the paper's Tables 3 and 4 (no clean column)
 # Beyond the paper: the 30-40 % Liu masks (the same mask per face as "30-40") filled with texture instead of
 # black, as real occluders are (core.augment.texture: a patch of another test face, noise or a flat colour).
 TEXTURED = "textured"

@@ -1,4 +1,5 @@
-"""scripts/results_report.py on two test faces, with tiny FAN*, ESR* and ablation models made here."""
+"""scripts/results_report.py (over train.report's numbers) on two test faces, with tiny FAN*, ESR* and ablation
+models made here."""
 import json
 import shutil
 
@@ -111,7 +112,7 @@ def test_writes_every_method_ablation_and_speed(full_run):
 
 
 def test_reuse_renders_without_evaluating(full_run, tmp_path, monkeypatch):
-    from scripts import results_report
+    from train import report as numbers
 
     docs = tmp_path / "docs"
     shutil.copytree(full_run[0], docs)
@@ -122,8 +123,8 @@ def test_reuse_renders_without_evaluating(full_run, tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("--reuse must not evaluate")
 
-    monkeypatch.setattr(results_report, "evaluate", refuse)
-    monkeypatch.setattr(results_report, "time_interleaved", refuse)
+    monkeypatch.setattr(numbers, "evaluate", refuse)
+    monkeypatch.setattr(numbers, "time_interleaved", refuse)
     report("--reuse", "--docs", str(docs))
     assert (docs / "results.json").read_bytes() == before
     assert (docs / "results.md").read_text() == (full_run[0] / "results.md").read_text()
@@ -143,7 +144,7 @@ def test_missing_models_are_skipped_with_a_hint(tmp_path, capsys):
 
 
 def test_ablation_only_keeps_methods_speed_and_presets(full_run, tmp_path, monkeypatch):
-    from scripts import results_report
+    from train import report as numbers
 
     docs = tmp_path / "docs"
     shutil.copytree(full_run[0], docs)
@@ -153,7 +154,7 @@ def test_ablation_only_keeps_methods_speed_and_presets(full_run, tmp_path, monke
     def refuse(*a, **k):
         raise AssertionError("--ablation-only must not time the methods")
 
-    monkeypatch.setattr(results_report, "time_interleaved", refuse)
+    monkeypatch.setattr(numbers, "time_interleaved", refuse)
     doc = report("--ablation-only", "--ablation-dir", str(tmp_path / "ablation"), "--docs", str(docs))
     assert {k: doc[k] for k in ("methods", "speed", "presets")} == {k: before[k] for k in ("methods", "speed", "presets")}
     # seeds in numeric order; a repeat without its seed-0 run is not a variant's row
@@ -162,7 +163,7 @@ def test_ablation_only_keeps_methods_speed_and_presets(full_run, tmp_path, monke
 
 
 def test_seed_noise_verdict():
-    from scripts.results_report import seeds_apart
+    from train.report import seeds_apart
 
     assert seeds_apart([17.0, 17.5], [15.9, 16.1]).startswith("**helps** (every seed apart; chance 1 in 6)")
     assert seeds_apart([15.0, 15.2], [15.9, 16.1]).startswith("**hurts**")
@@ -171,7 +172,8 @@ def test_seed_noise_verdict():
 
 
 def test_a_run_with_one_nmse_under_every_condition_is_collapsed():
-    from scripts.results_report import COLS, collapsed
+    from scripts.results_report import COLS
+    from train.report import collapsed
 
     def run(values):
         return {"nmse": {"all": dict(zip(COLS, values))}}

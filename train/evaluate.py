@@ -26,7 +26,7 @@ import numpy as np
 from core.data import DEFAULT_FACES, DEFAULT_MASKS, labels_path, load_labels, read_split
 from core.files import atomic_write_bytes
 from core.metrics import nmse_per_face, roc_auc
-from core.occlusion import CONDITIONS, EVAL_CONDITIONS
+from core.occlusion import EVAL_CONDITIONS, PAPER_CONDITIONS
 from core.pose import SIDE_YAW_DEG, yaw_degrees
 from core.preprocess import output_to_image, read_image
 from core.progress import Progress
@@ -193,7 +193,7 @@ def torch_ms_per_face(model, runs: int = 50) -> float:
 
 def format_tables(result: dict, title: str = "MobileNet-L (ours)") -> str:
     """Tables shaped like the paper's Tables 3 (frontal) and 4 (side), plus all faces with the clean column."""
-    cols = list(CONDITIONS[1:])  # the paper reports no clean column
+    cols = list(PAPER_CONDITIONS)
     fmt = lambda v: "  n/a" if v is None else f"{v:5.2f}"
     lines = []
     for group, paper_name in (("frontal", "Table 3"), ("side", "Table 4"), ("all", None)):
