@@ -272,3 +272,33 @@ def test_export_writes_nothing_under_the_final_names_when_parity_fails(tmp_path,
         exp.main(args + ["--force"])
     assert (out.read_bytes(), out.with_suffix(".golden.npz").read_bytes()) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.golden.npz", "m.onnx"]  # no temp files left
+
+
+class _StubCache:
+    """A CropCache stand-in: N noise crops with a centred mean face (no data or dlib needed)."""
+
+    def __init__(self, n: int):
+        from train.dataset import CACHE_SIZE
+
+        rng = np.random.default_rng(0)
+        self.images = rng.integers(0, 255, (n, CACHE_SIZE, CACHE_SIZE, 3), dtype=np.uint8)
+        pts = rng.uniform(120, 200, (68, 2)).astype(np.float32)
+        self.landmarks = self.mirrored = np.repeat(pts[None], n, 0)
+        self.inside = np.ones((n, 68), bool)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def test_negatives_come_on_top_of_the_faces():
+    """Every face is in every epoch; the negatives are extra (replacing faces cost the landmarks: the A/B)."""
+    from train.dataset import Recipe, TrainSet
+
+    cache = _StubCache(40)
+    extra = TrainSet(cache, 0, Recipe(negatives=0.25))
+    assert (len(extra), extra.faces) == (50, 40)
+    faces = [float(extra[i]["face"]) for i in range(len(extra))]
+    assert faces == [1.0] * 40 + [0.0] * 10
+    in_batch = TrainSet(cache, 0, Recipe(negatives=0.25, negatives_extra=False))
+    assert len(in_batch) == 40 and 0 < sum(float(in_batch[i]["face"]) == 0 for i in range(40)) < 40
+    assert len(TrainSet(cache, 0, Recipe(negatives=0.25), negatives=False)) == 40  # no heads, no negatives

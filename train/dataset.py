@@ -51,7 +51,11 @@ class Recipe:
     photometric: float = 0.0
     textured: float = 0.5  # share of occluded samples whose holes are filled with texture instead of black
     labels: str = "average"  # one of LABEL_MODES: what to do with doubtful teacher labels
-    negatives: float = 0.15  # share of face_score negatives (only for models with heads)
+    negatives: float = 0.15  # face_score negatives per face (only for models with heads)
+    # True: the negatives come on top of the faces (an epoch sees every face, plus the negatives); False: each
+    # sample is a negative by chance instead of its face. Replacing cost the landmarks as much as dropping the
+    # heads did (the A/B's no-negatives arm), so they are added now; the A/B control replaced them.
+    negatives_extra: bool = True
     head_weight: float = 1.0  # weight of each head's cross-entropy beside the landmark loss
 
     def to_dict(self) -> dict:
@@ -185,18 +189,24 @@ def _tensors(s: dict) -> dict:
 class TrainSet(torch.utils.data.Dataset):
     """Jittered, randomly occluded samples; the random stream depends on (seed, epoch, index) only.
 
-    ``negatives``: whether to mix in face_score negatives (the recipe's share), for models with heads.
+    ``negatives``: whether to mix in face_score negatives (the recipe's share), for models with heads. With
+    ``recipe.negatives_extra`` indices past the faces are the negatives (of face ``i mod faces``).
     """
 
     def __init__(self, cache: CropCache, seed: int, recipe: Recipe = Recipe(), negatives: bool = True):
         self.cache, self.seed, self.epoch, self.recipe, self.negatives = cache, seed, 0, recipe, negatives
+        self.faces = len(cache)
+        extra = negatives and recipe.negatives_extra
+        self.extra = int(round(self.faces * recipe.negatives)) if extra else 0
 
     def __len__(self) -> int:
-        return len(self.cache)
+        return self.faces + self.extra
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        if self.negatives and rng.random() < self.recipe.negatives:
+        if i >= self.faces:
+            return _tensors(negative_sample(self.cache, i % self.faces, rng, self.recipe))
+        if self.negatives and not self.recipe.negatives_extra and rng.random() < self.recipe.negatives:
             return _tensors(negative_sample(self.cache, i, rng, self.recipe))
         return _tensors(sample(self.cache, i, rng, augment=True, recipe=self.recipe))
 

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
         seed=args.seed, step_loss=step_loss, validate_epoch=lambda: validate(FANLandmarks(model), val, batch=8),
         record=lambda epoch, losses, scores, t0, best: record_epoch(
             args.out, model, FORMAT, opt, history, best, epoch, losses, scores, t0, log,
-            train_faces=len(train_set), args={k: str(v) for k, v in vars(args).items()}),
+            train_faces=train_set.faces, args={k: str(v) for k, v in vars(args).items()}),
         history=history, best=best, log=log)
     return {"history": history, "best_val_nmse": best}
 

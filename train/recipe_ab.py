@@ -34,11 +34,12 @@ ARMS: dict[str, tuple[list[str], str]] = {
     "heads-light": (["--head-weight", "0.2"], "head losses at full weight (0.2 instead)"),
     "no-negatives": (["--negatives", "0"], "face-score negatives in the batch (none: the score cannot learn)"),
     "lr-low": (["--lr", "1e-4"], "the fine-tuning learning rate 5e-4 (1e-4 instead)"),
+    "negatives-extra": (["--negatives-mode", "extra"], "negatives in place of faces (on top of them instead)"),
 }
 BUDGET = ["--spread", "2400", "--epochs", "3", "--lr", "5e-4"]
 # The control's recipe where it differs from today's defaults: the A/B was run with photometric augmentation
-# on (0.7), which it then turned off (train.dataset.Recipe).
-CONTROL = ["--photometric", "0.7"]
+# on (0.7) and negatives in place of faces, which it then changed (train.dataset.Recipe).
+CONTROL = ["--photometric", "0.7", "--negatives-mode", "in-batch"]
 EPOCHS = int(BUDGET[BUDGET.index("--epochs") + 1])
 
 

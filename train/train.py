@@ -198,7 +198,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="doubtful teacher labels: keep (raw), average with the mirrored prediction, down-weight "
                          "or drop (default: %(default)s)")
     ap.add_argument("--negatives", type=float, default=defaults.negatives,
-                    help="share of face-score negatives, models with heads only (default: %(default)s)")
+                    help="face-score negatives per face, models with heads only (default: %(default)s)")
+    ap.add_argument("--negatives-mode", choices=["extra", "in-batch"], default="extra",
+                    help="extra: negatives come on top of the faces; in-batch: a negative replaces its face by "
+                         "chance (the A/B's control) (default: %(default)s)")
     ap.add_argument("--head-weight", type=float, default=defaults.head_weight,
                     help="weight of each head's loss beside the landmark loss (default: %(default)s)")
     ap.add_argument("--patience", type=int,
@@ -228,7 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world, device = setup_distributed()
     cfg = dict(PRESETS[args.preset])
     cfg.update({k: v for k, v in (("batch", args.batch), ("lr", args.lr), ("loss", args.loss)) if v is not None})
-    recipe = Recipe(args.photometric, args.textured, args.labels, args.negatives, args.head_weight)
+    recipe = Recipe(photometric=args.photometric, textured=args.textured, labels=args.labels,
+                    negatives=args.negatives, negatives_extra=args.negatives_mode == "extra",
+                    head_weight=args.head_weight)
     config = ABLATIONS[args.variant] if args.variant else MODELS[args.model]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -245,7 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"{last_path}: a run of {variant_name(saved)!r}, not {variant_name(config)!r}; resume it "
                              f"with the same --model/--variant or train this one in another --out")
         # the run goes on as it started, whatever the flags say now
-        cfg, recipe = state["train_config"], Recipe(**state.get("recipe", LEGACY_RECIPE.to_dict()))
+        # runs from before negatives_extra replaced their faces
+        cfg = state["train_config"]
+        recipe = Recipe(**{"negatives_extra": False, **state.get("recipe", LEGACY_RECIPE.to_dict())})
     train_set, val = training_data(args.faces, args.limit, args.val_limit, args.seed, log, rank, world, recipe,
                                    negatives=config.heads, spread=args.spread)
 
@@ -289,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
         record=lambda epoch, losses, scores, t0, best: record_epoch(
             args.out, model, checkpoint.FORMAT, opt, history, best, epoch, losses, scores, t0, log,
             preset=args.preset, train_config=cfg, recipe=recipe.to_dict(), world_size=world,
-            train_faces=len(train_set), args={k: str(v) for k, v in vars(args).items()}),
+            train_faces=train_set.faces, args={k: str(v) for k, v in vars(args).items()}),
         history=history, best=best, log=log, patience=args.patience, rank=rank, world=world, sampler=sampler)
     if world > 1:
         dist.destroy_process_group()
