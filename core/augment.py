@@ -6,6 +6,8 @@ augmentation depends only on its seed.
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import cv2
 import numpy as np
 
@@ -79,3 +81,15 @@ def negative_matrix(box, rng: np.random.Generator, size: int) -> np.ndarray:
         scale = float(np.exp(rng.uniform(0.9, 1.4)))
     return crop_matrix(box, size, scale=scale, rotation_deg=float(rng.uniform(-30, 30)), shift=shift,
                        flip=bool(rng.random() < 0.5))
+
+
+BACKGROUND_NEGATIVES = 0.2  # share of face_score negatives that are background textures, not a face framed off
+
+
+def negative_crop(image: np.ndarray, box, rng: np.random.Generator, size: int,
+                  texture_source: Callable[[], Optional[np.ndarray]]) -> np.ndarray:
+    """A face_score negative of the face at ``box`` in ``image``: framed far off it (negative_matrix), or, one
+    time in five, a background texture (patches of ``texture_source()``, another image, or noise)."""
+    if rng.random() < BACKGROUND_NEGATIVES:
+        return texture(rng, size, texture_source())
+    return warp(image, negative_matrix(box, rng, size), size)

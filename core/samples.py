@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .augment import negative_matrix, texture
+from . import augment
+from .augment import texture
 from .occlusion import TEXTURED, eval_mask
-from .preprocess import INPUT_SIZE, crop_face, image_to_target, occlude, read_image, warp
+from .preprocess import INPUT_SIZE, crop_face, image_to_target, occlude, read_image
 
 
 @dataclass
@@ -57,18 +58,19 @@ def occluded_crops(faces_dir: Path, face: Face, masks_dir: Path | None, conditio
 
 
 def negative_crop(faces_dir: Path, face: Face, seed: int, texture_source: np.ndarray | None = None) -> np.ndarray:
-    """A face_score negative made from a test face as training makes them: framed far off the face, or
-    (one in five) a background texture."""
+    """A face_score negative made from a test face as training makes them (core.augment.negative_crop)."""
     rng = np.random.default_rng([seed, 99, *face.path.encode()])
-    if rng.random() < 0.2:
-        return texture(rng, INPUT_SIZE, texture_source)
-    return warp(read_image(Path(faces_dir) / face.path), negative_matrix(face.box, rng, INPUT_SIZE))
+    return augment.negative_crop(read_image(Path(faces_dir) / face.path), face.box, rng, INPUT_SIZE,
+                                 lambda: texture_source)
+
+
+def inside_image(landmarks: np.ndarray, size) -> np.ndarray:
+    """(..., 68) True where a point (image pixels) lies inside an image of ``size`` (width, height), (..., 2)."""
+    return ((landmarks >= 0) & (landmarks <= np.asarray(size) - 1)).all(-1)
 
 
 def visibility_truth(face: Face, matrix: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """(68,) 1 = the teacher's point is seen: in the crop, in the image and not under the mask."""
-    w, h = face.size
-    inside = ((face.landmarks >= 0) & (face.landmarks <= np.array([w - 1, h - 1]))).all(-1)
-    return visible_points(image_to_target(face.landmarks, matrix), mask, inside)
+    return visible_points(image_to_target(face.landmarks, matrix), mask, inside_image(face.landmarks, face.size))
 
 

@@ -100,7 +100,7 @@ def build_golden(model: torch.nn.Module, faces_dir: Path, masks_dir: Path, count
     from core.occlusion import CONDITIONS
     from core.samples import occluded_crops
     from runtime.golden import Golden
-    from train.evaluate import load_faces
+    from train.evaluate import as_outputs, load_faces, torch_predictor
 
     faces = load_faces(faces_dir, "test", limit=count)
     face_index, conds, mask_ids, masks, crops = [], [], [], [], []
@@ -113,7 +113,7 @@ def build_golden(model: torch.nn.Module, faces_dir: Path, masks_dir: Path, count
             masks.append(np.ones((256, 256), bool) if mask is None else mask.astype(bool))
             crops.append(crop)
     crops = np.stack(crops)
-    ref = torch_outputs(model, crops)
+    ref = as_outputs(torch_predictor(model, batch=64)(crops))
     golden = Golden(
         paths=[f.path for f in faces], sha1=[sha1_file(faces_dir / f.path) for f in faces],
         boxes=np.stack([f.box for f in faces]), landmarks=np.stack([f.landmarks for f in faces]),
@@ -123,17 +123,6 @@ def build_golden(model: torch.nn.Module, faces_dir: Path, masks_dir: Path, count
         meta=meta | {"preprocess_version": preprocess.PREPROCESS_VERSION, "mask_seed": seed, "split": "test"},
     )
     return golden, crops
-
-
-@torch.no_grad()
-def torch_outputs(model: torch.nn.Module, crops: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
-    """The network's outputs (named as in runtime.backends.OUTPUTS) for uint8 crops."""
-    names = model_outputs(model)
-    parts = []
-    for i in range(0, len(crops), batch):
-        out = model(torch.from_numpy(preprocess.to_input(crops[i:i + batch])))
-        parts.append(out if isinstance(out, tuple) else (out,))
-    return {n: np.concatenate([p[k].numpy() for p in parts]) for k, n in enumerate(names)}
 
 
 def parity(onnx_path: Path, crops: np.ndarray, reference: dict[str, np.ndarray]) -> dict[str, float]:

@@ -19,7 +19,7 @@ import importlib.util
 import os
 import threading
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -63,8 +63,9 @@ def haar_available() -> bool:
 
 def _per_thread(name: str, make):
     """This thread's instance of a detector object, made on first use."""
-    cache: Dict[str, object] = getattr(_local, "detectors", None) or {}
-    _local.detectors = cache
+    cache: Optional[Dict[str, object]] = getattr(_local, "detectors", None)
+    if cache is None:
+        cache = _local.detectors = {}
     if name not in cache:
         cache[name] = make()
     return cache[name]

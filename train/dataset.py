@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.augment import negative_matrix, photometric, texture
+from core.augment import negative_crop, photometric, texture
 from core.data import Labels, cache_dir
 from core.files import atomic_write_bytes
 from core.metrics import nmse_per_face
@@ -23,7 +23,7 @@ from core.occlusion import center_mask, random_training_mask
 from core.preprocess import (INPUT_SIZE, PREPROCESS_VERSION, ImageError, box_in_crop, crop_matrix, image_to_target,
                              occlude, read_image, to_input, warp)
 from core.progress import Progress
-from core.samples import visible_points
+from core.samples import inside_image, visible_points
 from core.schema import MIRROR
 
 # The cache holds each face at the canonical framing plus a margin for jitter, at 1.25x the input size.
@@ -111,8 +111,7 @@ class CropCache:
         out.flush()
         del out
         os.replace(tmp, self.npy)
-        size = labels.sizes[:, None, :]
-        inside = ((labels.landmarks >= 0) & (labels.landmarks <= size - 1)).all(-1)
+        inside = inside_image(labels.landmarks, labels.sizes[:, None, :])
         atomic_write_bytes(self.meta, json.dumps(
             {"paths": labels.paths, "landmarks": np.round(np.array(landmarks).reshape(-1, 68, 2), 3).tolist(),
              "mirrored": np.round(np.array(mirrored).reshape(-1, 68, 2), 3).tolist(),
@@ -163,17 +162,19 @@ def sample(cache: CropCache, i: int, rng: np.random.Generator | None, augment: b
     if augment and recipe.photometric and rng.random() < recipe.photometric:
         crop = photometric(crop, rng)
     if augment and mask is not None and fill is None and rng.random() < recipe.textured:
-        fill = texture(rng, INPUT_SIZE, np.asarray(cache.images[int(rng.integers(len(cache)))]))
+        fill = texture(rng, INPUT_SIZE, other_image(cache, rng))
     return {"crop": occlude(crop, mask, fill), "landmarks": target, "weight": weight,
             "visibility": visible_points(target, mask, inside), "face": np.float32(1.0)}
 
 
+def other_image(cache: CropCache, rng: np.random.Generator) -> np.ndarray:
+    """A random cache image: the source of textured occluders and background negatives."""
+    return np.asarray(cache.images[int(rng.integers(len(cache)))])
+
+
 def negative_sample(cache: CropCache, i: int, rng: np.random.Generator, recipe: Recipe) -> dict:
-    """A face_score negative from face i: framed far off the face, or a background texture."""
-    if rng.random() < 0.2:
-        crop = texture(rng, INPUT_SIZE, np.asarray(cache.images[int(rng.integers(len(cache)))]))
-    else:
-        crop = warp(np.asarray(cache.images[i]), negative_matrix(CACHE_BOX, rng, INPUT_SIZE), INPUT_SIZE)
+    """A face_score negative from face i (core.augment.negative_crop)."""
+    crop = negative_crop(np.asarray(cache.images[i]), CACHE_BOX, rng, INPUT_SIZE, lambda: other_image(cache, rng))
     if recipe.photometric and rng.random() < recipe.photometric:
         crop = photometric(crop, rng)
     zeros = np.zeros(68, np.float32)
