@@ -22,6 +22,9 @@ Box = Tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels (typin
 INPUT_SIZE = 256
 BOX_SCALE = 2.0
 PREPROCESS_VERSION = "crop-v1"
+MIN_IMAGE_SIDE = 16  # px: smaller images hold no face worth landmarking
+# Face boxes beyond this (in pixels) are nonsense from a detector, not a face: refused before OpenCV sees them.
+MAX_BOX_COORD = 1e6
 
 
 class ImageError(ValueError):
@@ -50,15 +53,16 @@ def ensure_bgr(image: np.ndarray, name: str = "image") -> np.ndarray:
         raise ImageError(f"{name}: expected uint8 pixels, got {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ImageError(f"{name}: unsupported image shape {image.shape}")
+    if min(image.shape[:2]) < MIN_IMAGE_SIDE:  # whatever the channels: one rule for every image
+        raise ImageError(f"{name}: image of {image.shape[1]}x{image.shape[0]} px is too small "
+                         f"(at least {MIN_IMAGE_SIDE} px a side)")
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 4:
+    if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    if image.ndim == 3 and image.shape[2] == 3:
-        if min(image.shape[:2]) < 16:
-            raise ImageError(f"{name}: image of {image.shape[1]}x{image.shape[0]} px is too small")
-        return image
-    raise ImageError(f"{name}: unsupported image shape {image.shape}")
+    return image
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -95,9 +99,15 @@ def crop_matrix(
     ``scale``, ``rotation_deg``, ``shift`` (fractions of the crop side) and ``flip`` are
     training-time jitter; the defaults give the canonical crop.
     """
-    x0, y0, x1, y1 = (float(v) for v in box)
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid face box {box!r}: need four numbers x0, y0, x1, y1") from None
+    if not all(abs(v) <= MAX_BOX_COORD for v in (x0, y0, x1, y1)):  # also false for NaN and inf
+        raise ValueError(f"invalid face box {(x0, y0, x1, y1)}: coordinates must be finite and within "
+                         f"+-{MAX_BOX_COORD:g} px")
     if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"invalid face box {tuple(box)}: need x1 > x0 and y1 > y0")
+        raise ValueError(f"invalid face box {(x0, y0, x1, y1)}: need x1 > x0 and y1 > y0")
     side = BOX_SCALE * max(x1 - x0, y1 - y0) * scale
     cx = (x0 + x1) / 2 + shift[0] * side
     cy = (y0 + y1) / 2 + shift[1] * side
@@ -119,7 +129,7 @@ def warp(image_bgr: np.ndarray, matrix: np.ndarray, size: int = INPUT_SIZE) -> n
     """Apply a crop matrix: uint8 BGR crop of size x size, zeros outside the image."""
     zoom = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     if zoom < 0.5:  # large downscale: pre-shrink with area averaging to avoid aliasing
-        f = 2.0 * zoom
+        f = max(2.0 * zoom, 1.0 / min(image_bgr.shape[:2]))  # never below 1 px, even for a box 1000x the image
         small = cv2.resize(image_bgr, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
         fx = small.shape[1] / image_bgr.shape[1]
         fy = small.shape[0] / image_bgr.shape[0]

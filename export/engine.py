@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.files import atomic_write_bytes, sha256_file
+from core.files import atomic_write_bytes, check_output_path, sha256_file
 from export.quantize import read_metadata
 from runtime import tensorrt_shim as shim
 from runtime.tensorrt_backend import sidecar_path
@@ -55,6 +55,7 @@ def check_request(onnx_path: str | Path, out_path: str | Path, precision: str, *
         raise ValueError(f"precision {precision!r}: use {', '.join(PRECISIONS)}")
     if not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path}: no such ONNX file")
+    check_output_path(out_path)
     if out_path.exists() and not force:
         raise FileExistsError(f"{out_path} exists; pass --force to overwrite it")
     if out_path.resolve() == onnx_path.resolve():

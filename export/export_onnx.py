@@ -19,7 +19,7 @@ import torch
 
 from core import preprocess, schema
 from core.data import DEFAULT_FACES, DEFAULT_MASKS
-from core.files import atomic_write_bytes, sha1_file, sha256_file
+from core.files import atomic_write_bytes, check_output_path, sha1_file, sha256_file
 from export.quantize import set_metadata
 from runtime.backends import INPUT_NAME, OUTPUTS
 from train.checkpoint import load_model
@@ -156,10 +156,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--force", action="store_true", help="replace an existing OUT and its golden set")
     args = ap.parse_args(argv)
     golden_path = args.out.with_suffix(".golden.npz")
+    try:
+        check_output_path(args.out)
+    except ValueError as e:
+        ap.error(str(e))
     if args.out.exists() and not args.force:
-        raise SystemExit(f"{args.out} exists; pass --force to replace it (and {golden_path.name})")
-    if args.out.parent.exists() and not args.out.parent.is_dir():
-        raise SystemExit(f"{args.out.parent}: not a folder, cannot write {args.out.name} there")
+        ap.error(f"{args.out} exists; pass --force to replace it (and {golden_path.name})")
 
     # Everything is written under temporary names first; the golden set and the model replace the final
     # names together, and only once parity has passed, so a failed or killed export never leaves an

@@ -25,7 +25,7 @@ import onnx
 
 from calibration.dataset import DEFAULT_COUNT, CalibrationSet, build_calibration_set
 from core.data import DEFAULT_FACES
-from core.files import atomic_write_bytes, sha256_file
+from core.files import atomic_write_bytes, check_output_path, sha256_file
 
 
 def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, str]:
@@ -143,6 +143,11 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"{args.onnx} is already {precision}: give the FP32 export")
     if not (args.fp16 or args.int8):
         ap.error("nothing to do: give --fp16 and/or --int8")
+    for out in filter(None, (args.fp16, args.int8)):
+        try:
+            check_output_path(out)
+        except ValueError as e:
+            ap.error(str(e))
     if args.fp16:
         print(f"wrote {make_fp16(args.onnx, args.fp16)}")
     if args.int8:

@@ -10,7 +10,7 @@ The backend is chosen by file extension (``.onnx`` -> ONNX Runtime, ``.engine``/
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -25,10 +25,10 @@ Outputs = dict  # output name -> float32 array (N, *OUTPUTS[name])
 class Backend(Protocol):
     name: str  # "onnxruntime" or "tensorrt"
     precision: str  # "fp32", "fp16" or "int8"
-    max_batch: int | None  # None: any batch size
+    max_batch: int | None  # the largest batch run at once (None: any); run() splits larger ones
     outputs: tuple[str, ...]  # the OUTPUTS this model has, "landmarks" first
 
-    def run(self, x: np.ndarray) -> Outputs: ...
+    def run(self, x: np.ndarray) -> Outputs: ...  # any N >= 1
 
 
 def output_names(path: str | Path, found: dict[str, tuple]) -> tuple[str, ...]:
@@ -45,6 +45,22 @@ def output_names(path: str | Path, found: dict[str, tuple]) -> tuple[str, ...]:
         raise ValueError(f"{path}: not a landmark model: outputs {shapes}; expected landmarks and optionally "
                          f"visibility and face_score ({expected})")
     return tuple(n for n in OUTPUTS if n in shapes)
+
+
+def check_input(path: str | Path, x: np.ndarray) -> np.ndarray:
+    """``x`` as an array if it is (N, 3, 256, 256) with N >= 1, else ValueError naming the model file."""
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1:] != INPUT_CHW or len(x) == 0:
+        raise ValueError(f"{path}: expected input (N, 3, 256, 256) with N >= 1, got {x.shape}")
+    return x
+
+
+def run_in_batches(x: np.ndarray, max_batch: int | None, run_batch: Callable[[np.ndarray], Outputs]) -> Outputs:
+    """``run_batch`` on slices of ``x`` of at most ``max_batch`` (None: all at once), outputs joined."""
+    if max_batch is None or len(x) <= max_batch:
+        return run_batch(x)
+    parts = [run_batch(x[i:i + max_batch]) for i in range(0, len(x), max_batch)]
+    return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
 
 
 def landmarks_output(outputs: Outputs) -> np.ndarray:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tensorrt_shim as shim
-from .backends import Outputs, output_names
+from .backends import Outputs, check_input, output_names, run_in_batches
 
 
 class EngineMismatch(RuntimeError):
@@ -29,7 +29,15 @@ def read_sidecar(engine_path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{engine_path}: no sidecar {path.name} next to it, so what it was built for is "
                                 f"unknown; rebuild it with export/build_engine.py")
-    return json.loads(path.read_text())
+    try:
+        sidecar = json.loads(path.read_text())
+    except ValueError as e:  # not JSON, or not UTF-8 text
+        raise ValueError(f"{path}: not a readable engine sidecar ({e}); rebuild the engine with "
+                         f"export/build_engine.py") from None
+    if not isinstance(sidecar, dict):
+        raise ValueError(f"{path}: not an engine sidecar (a JSON {type(sidecar).__name__}, not an object); "
+                         f"rebuild the engine with export/build_engine.py")
+    return sidecar
 
 
 def check_sidecar(engine_path: Path, sidecar: dict, running: dict[str, str]) -> None:
@@ -99,11 +107,7 @@ class TensorRTBackend:
             self._stream = cuda.Stream()
 
     def run(self, x: np.ndarray) -> Outputs:
-        x = np.asarray(x)
-        if x.ndim != 4 or x.shape[1:] != shim.INPUT_CHW or len(x) == 0:
-            raise ValueError(f"expected input (N, 3, 256, 256) with N >= 1, got {x.shape}")
-        parts = [self._run_batch(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
-        return {n: np.concatenate([p[n] for p in parts]).astype(np.float32, copy=False) for n in self.outputs}
+        return run_in_batches(check_input(self.path, x), self.max_batch, self._run_batch)
 
     def _run_batch(self, x: np.ndarray) -> Outputs:
         n = len(x)

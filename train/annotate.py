@@ -4,7 +4,9 @@
 
 Writes ``labels.json`` (box + 68 points per image) and ``report.txt`` (images that
 could not be labelled, with the reason) into the folder's cache directory.
-Re-runs only label images that are new or whose bytes changed.
+Re-runs only label images that are new or whose bytes changed. Progress is saved every
+PROGRESS_EVERY images to ``labels.json.partial``, so a killed run continues where it stopped and
+ends with the same labels file as an uninterrupted one; ``labels.json`` is only ever written whole.
 
 Each entry also holds ``mirrored``: the predictor's points on the horizontally flipped image
 (same box, flipped), flipped back and renamed. Where the teacher is consistent the two agree;
@@ -22,13 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from core.data import DEFAULT_FACES, labels_path, read_split
-from core.files import atomic_write_bytes, sha1_file
+from core.files import atomic_write_bytes, remove_temp_leftovers, sha1_file
 from core.preprocess import ImageError, read_image
 from core.progress import Progress
 from core.schema import MIRROR
 from runtime.faces import dlib_boxes, dlib_shape_predictor_path
 
 TEACHER = "dlib get_frontal_face_detector + shape_predictor_68_face_landmarks"
+PROGRESS_EVERY = 1000  # images labelled between progress saves: what a killed run can lose (~10-20 s of work)
 
 
 class Teacher:
@@ -90,35 +93,72 @@ def _label_one(job: tuple[str, str, str, dict | None]) -> tuple[str, str, dict]:
     return rel, "ok", {**known, "mirrored": np.round(_teacher.mirrored(image, known["box"]), 2).tolist()}
 
 
+def _labels_doc(header: dict, records: dict[str, tuple[str, dict]]) -> bytes:
+    """The labels file: ``header`` plus the records (path -> (status, record)), sorted by path."""
+    ok = {rel: rec for rel, (status, rec) in sorted(records.items()) if status == "ok"}
+    failed = {rel: rec for rel, (status, rec) in sorted(records.items()) if status == "failed"}
+    return json.dumps({**header, "entries": ok, "failed": failed}).encode()
+
+
+def _records(doc: dict) -> dict[str, tuple[str, dict]]:
+    """A labels (or progress) document's records, path -> ("ok" | "failed", record)."""
+    return {**{rel: ("failed", rec) for rel, rec in doc.get("failed", {}).items()},
+            **{rel: ("ok", rec) for rel, rec in doc.get("entries", {}).items()}}
+
+
+def _read_progress(path: Path, header: dict) -> dict[str, tuple[str, dict]]:
+    """The records an interrupted run of the same folder and teacher saved in ``path``; {} when none."""
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or any(doc.get(k) != v for k, v in header.items()):
+        print(f"{path}: ignored, not the labelling progress of {header['faces_dir']} with this teacher",
+              file=sys.stderr)
+        return {}
+    return _records(doc)
+
+
 def annotate(faces_dir: Path, split: str | None = None, workers: int = 2, out: Path | None = None) -> Path:
     """Label every image of ``split`` (all when None) that is not labelled yet; return the labels file."""
     faces_dir = Path(faces_dir)
     out = Path(out) if out else labels_path(faces_dir)
-    doc = json.loads(out.read_text()) if out.exists() else {}
-    entries, failed = doc.get("entries", {}), doc.get("failed", {})
+    partial, report = out.with_name(f"{out.name}.partial"), out.with_name("report.txt")
+    removed = remove_temp_leftovers(out.parent, (out.name, partial.name, report.name))
+    if removed:
+        print(f"{out.parent}: removed {len(removed)} temp file(s) a killed write left: "
+              f"{', '.join(p.name for p in removed)}", file=sys.stderr)
+    header = {"faces_dir": str(faces_dir.resolve()), "teacher": TEACHER}
+    records = _records(json.loads(out.read_text())) if out.exists() else {}
+    new = _read_progress(partial, header)  # labelled since the labels file was last written
+    records.update(new)
     paths = read_split(faces_dir, split)
     jobs = []
     for rel in paths:
         sha = sha1_file(faces_dir / rel)
-        known = entries.get(rel) or failed.get(rel)
+        status, known = records.get(rel, (None, None))
         if known is None or known["sha1"] != sha:
             jobs.append((rel, str(faces_dir / rel), sha, None))
-        elif rel in entries and "mirrored" not in known:  # labelled before mirrored points existed
+        elif status == "ok" and "mirrored" not in known:  # labelled before mirrored points existed
             jobs.append((rel, str(faces_dir / rel), sha, known))
-    print(f"{faces_dir}: {len(paths)} images ({split or 'all'}), {len(paths) - len(jobs)} already labelled, "
-          f"{len(jobs)} to label", file=sys.stderr)
+    resumed = f" ({len(new)} of them saved by an interrupted run)" if new else ""
+    print(f"{faces_dir}: {len(paths)} images ({split or 'all'}), {len(paths) - len(jobs)} already labelled"
+          f"{resumed}, {len(jobs)} to label", file=sys.stderr)
     if jobs:
         with Pool(max(1, workers), initializer=_init_worker) as pool:
-            for rel, status, rec in Progress(pool.imap_unordered(_label_one, jobs, chunksize=8),
-                                         total=len(jobs), desc="teacher labels", unit="img"):
-                entries.pop(rel, None)
-                failed.pop(rel, None)
-                (entries if status == "ok" else failed)[rel] = rec
-        doc = {"faces_dir": str(faces_dir.resolve()), "teacher": TEACHER,
-               "entries": dict(sorted(entries.items())), "failed": dict(sorted(failed.items()))}
-        atomic_write_bytes(out, json.dumps(doc).encode())
-    report = out.with_name("report.txt")
-    lines = [f"{rel}\t{rec['reason']}" for rel, rec in sorted(failed.items())]
+            results = pool.imap_unordered(_label_one, jobs, chunksize=8)
+            for done, (rel, status, rec) in enumerate(Progress(results, total=len(jobs), desc="teacher labels",
+                                                               unit="img"), 1):
+                records[rel] = new[rel] = (status, rec)
+                if done % PROGRESS_EVERY == 0:
+                    atomic_write_bytes(partial, _labels_doc(header, new))
+    if new:
+        atomic_write_bytes(out, _labels_doc(header, records))
+    partial.unlink(missing_ok=True)
+    failed = {rel: rec for rel, (status, rec) in sorted(records.items()) if status == "failed"}
+    lines = [f"{rel}\t{rec['reason']}" for rel, rec in failed.items()]
     atomic_write_bytes(report, ("\n".join(lines) + "\n" if lines else "").encode())
     n_failed_here = sum(1 for p in paths if p in failed)
     print(f"labels: {out}\nnot labelled in this selection: {n_failed_here} (listed in {report})", file=sys.stderr)

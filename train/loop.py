@@ -5,6 +5,7 @@ seeding that makes a resumed run continue exactly where it stopped. Works under 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from core.files import remove_temp_leftovers
 from core.progress import Progress
 
 
@@ -28,25 +30,31 @@ def learning_rate(cfg: dict, epoch_float: float, epochs: int) -> float:
 RUN_FILES = ("last.pt", "best.pt", "history.json")
 
 
-def open_run(out: Path, resume: bool, force: bool, epochs: int, load: Callable[[Path], dict]) -> dict | None:
+def open_run(out: Path, resume: bool, force: bool, epochs: int, load: Callable[[Path], dict],
+             log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> dict | None:
     """The checkpoint to resume (``load(last.pt)``), or None for a fresh run; refuses what would lose work.
 
     A fresh run into a folder that holds one needs ``force`` (hours of training are not overwritten by a
-    forgotten --resume); a resume needs last.pt and epochs left to train.
+    forgotten --resume); a resume needs last.pt and epochs left to train. Once the run may start, the temp
+    files of a checkpoint or history write that was killed are removed (and ``log``-ged).
     """
     last = Path(out) / "last.pt"
+    state = None
     if not resume:
         found = [f for f in RUN_FILES if (Path(out) / f).exists()]
         if found and not force:
             raise SystemExit(f"{out}: holds a run already ({', '.join(found)}): --resume carries it on, --force "
                              f"starts over and overwrites it, or choose another --out")
-        return None
-    if not last.exists():
-        raise SystemExit(f"{last}: nothing to resume")
-    state = load(last)
-    if state["epoch"] >= epochs:
-        raise SystemExit(f"{last}: the run is at epoch {state['epoch']} of --epochs {epochs}: nothing left to do "
-                         f"(raise --epochs to train it longer)")
+    else:
+        if not last.exists():
+            raise SystemExit(f"{last}: nothing to resume")
+        state = load(last)
+        if state["epoch"] >= epochs:
+            raise SystemExit(f"{last}: the run is at epoch {state['epoch']} of --epochs {epochs}: nothing left to "
+                             f"do (raise --epochs to train it longer)")
+    removed = remove_temp_leftovers(out, RUN_FILES)
+    if removed:
+        log(f"{out}: removed {len(removed)} temp file(s) a killed write left: {', '.join(p.name for p in removed)}")
     return state
 
 

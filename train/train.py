@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from core.data import DEFAULT_FACES, labels_path, load_labels, read_split
-from core.files import atomic_write_bytes
+from core.files import atomic_write_bytes, check_output_path
 from core.metrics import nmse_per_face, roc_auc
 from core.preprocess import INPUT_SIZE
 
@@ -218,7 +218,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    try:  # now, not when the first epoch's checkpoint is written
+        check_output_path(args.out, folder=True)
+    except ValueError as e:
+        ap.error(str(e))
+    return args
 
 
 def cli() -> None:
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     log = (lambda *a: print(*a, file=sys.stderr)) if rank == 0 else (lambda *a: None)
 
     last_path = args.out / "last.pt"
-    state = open_run(args.out, args.resume, args.force, args.epochs, checkpoint.load)
+    state = open_run(args.out, args.resume, args.force, args.epochs, checkpoint.load, log)
     if state is not None:
         saved = ModelConfig(**state["config"])
         if saved != config:
