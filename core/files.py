@@ -1,5 +1,6 @@
 """File helpers: atomic writes (engines, checkpoints, caches and reports never appear half-written), the
-clean-up of what a killed write leaves, the check that an output path can be written, and digests."""
+one temp name and the clean-up of what a killed write leaves, the check that an output path can be written,
+and digests."""
 from __future__ import annotations
 
 import hashlib
@@ -7,43 +8,61 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-# atomic_write_bytes writes FOLDER/NAME through FOLDER/.NAME.<mkstemp's random letters>.tmp
-_TEMP_PREFIX, _TEMP_SUFFIX = ".{name}.", ".tmp"
+# The one temp name: FOLDER/NAME is written through FOLDER/.NAME.<mkstemp's random letters>.tmp
+_TEMP_NAME = re.compile(r"\.(.+)\.[a-z0-9_]+\.tmp")
+
+
+def temp_path(path: str | Path) -> Path:
+    """Create an empty temp file next to ``path``, named as remove_temp_leftovers knows, and return it.
+
+    For writers that rename it to ``path`` themselves (e.g. several files replaced together).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+    return Path(tmp)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write via a temp file in the same folder and rename, so readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX.format(name=path.name), suffix=_TEMP_SUFFIX)
+    tmp = temp_path(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def remove_temp_leftovers(folder: str | Path, names: Iterable[str]) -> list[Path]:
-    """Delete the temp files that killed ``atomic_write_bytes`` calls of ``folder/name`` left; return them.
+def _temp_targets(name: str) -> Iterator[str]:
+    """The names ``name`` is a temp file of: N for .N.abc.tmp, and .N.abc.tmp and N for ..N.abc.tmp.xyz.tmp
+    (what an atomic write to a temp_path leaves)."""
+    while match := _TEMP_NAME.fullmatch(name):
+        name = match[1]
+        yield name
 
-    Only plain files named exactly as atomic_write_bytes names its temp files for those names are touched.
-    Call it where no other process can be writing those files (e.g. when a run folder is opened).
+
+def remove_temp_leftovers(folder: str | Path, names: Iterable[str]) -> list[Path]:
+    """Delete the temp files that killed writes of ``folder/name`` left (temp_path, atomic_write_bytes);
+    return them.
+
+    Only plain files named exactly as temp_path names them for those names (or temps of such temps) are
+    touched. Call it where no other process can be writing those files (e.g. when a run folder is opened).
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    patterns = [re.compile(re.escape(_TEMP_PREFIX.format(name=n)) + r"[a-z0-9_]+" + re.escape(_TEMP_SUFFIX))
-                for n in names]
+    names = set(names)
     removed = []
     for p in sorted(folder.iterdir()):
-        if any(pat.fullmatch(p.name) for pat in patterns) and p.is_file() and not p.is_symlink():
+        if not names.isdisjoint(_temp_targets(p.name)) and p.is_file() and not p.is_symlink():
             try:
                 p.unlink()
             except FileNotFoundError:  # another process (another rank) removed it first

@@ -82,7 +82,8 @@ def validate(args: argparse.Namespace) -> str:
     return the ONNX file's own precision."""
     try:
         source = check_request(args.onnx, args.out, args.precision, batch=args.batch, dla_core=args.dla_core,
-                               calibrator_kind=args.calibrator, force=args.force, fp32_source_ok=True)
+                               calibrator_kind=args.calibrator, force=args.force, fp32_source_ok=True,
+                               timing_cache=args.timing_cache, calib_cache=args.calib_cache)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise UsageError(str(e)) from e
     if args.calib_cache and not args.calibrator:

@@ -42,7 +42,8 @@ def check_batch(batch: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def check_request(onnx_path: str | Path, out_path: str | Path, precision: str, *,
                   batch: tuple[int, int, int] = DEFAULT_BATCH, dla_core: int | None = None,
-                  calibrator_kind: str | None = None, force: bool = False, fp32_source_ok: bool = False) -> str:
+                  calibrator_kind: str | None = None, force: bool = False, fp32_source_ok: bool = False,
+                  timing_cache: str | Path | None = None, calib_cache: str | Path | None = None) -> str:
     """Every rule of an engine build that needs no TensorRT, in one place; returns the ONNX graph's precision.
 
     The engine's precision must be the graph's, except with ``calibrator_kind`` (classic INT8 calibration
@@ -60,6 +61,11 @@ def check_request(onnx_path: str | Path, out_path: str | Path, precision: str, *
         raise FileExistsError(f"{out_path} exists; pass --force to overwrite it")
     if out_path.resolve() == onnx_path.resolve():
         raise ValueError("--out would overwrite the ONNX file")
+    for option, cache in (("--timing-cache", timing_cache), ("--calib-cache", calib_cache)):
+        if cache is not None:  # both are written after the build: check them before it
+            check_output_path(cache)
+            if Path(cache).resolve() in (onnx_path.resolve(), out_path.resolve()):
+                raise ValueError(f"{option} {cache} is the ONNX file or OUT; give the cache a file of its own")
     try:
         graph = onnx_precision(onnx_path)
     except ValueError:
@@ -92,7 +98,8 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, precision: str, *,
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     batch = check_batch(batch)
     graph_precision = check_request(onnx_path, out_path, precision, batch=batch, dla_core=dla_core,
-                                    calibrator_kind=calibrator_kind, force=force)
+                                    calibrator_kind=calibrator_kind, force=force, timing_cache=timing_cache,
+                                    calib_cache=calib_cache)
     implicit = calibrator_kind is not None
     if implicit and calib_set is None:
         raise ValueError("--calibrator needs a calibration set")

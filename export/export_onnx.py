@@ -19,7 +19,7 @@ import torch
 
 from core import preprocess, schema
 from core.data import DEFAULT_FACES, DEFAULT_MASKS
-from core.files import atomic_write_bytes, check_output_path, sha1_file, sha256_file
+from core.files import atomic_write_bytes, check_output_path, remove_temp_leftovers, sha1_file, sha256_file, temp_path
 from export.quantize import set_metadata
 from runtime.backends import INPUT_NAME, OUTPUTS
 from train.checkpoint import load_model
@@ -162,15 +162,19 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(str(e))
     if args.out.exists() and not args.force:
         ap.error(f"{args.out} exists; pass --force to replace it (and {golden_path.name})")
+    # What a killed export to OUT left; no other export to OUT can be running (it would replace OUT too)
+    removed = remove_temp_leftovers(args.out.parent, (args.out.name, golden_path.name))
+    if removed:
+        print(f"{args.out.parent}: removed {len(removed)} temp file(s) a killed export left: "
+              f"{', '.join(p.name for p in removed)}")
 
     # Everything is written under temporary names first; the golden set and the model replace the final
     # names together, and only once parity has passed, so a failed or killed export never leaves an
     # unverified model (or a golden set of another model) under the final names.
-    tmp_onnx = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
-    tmp_golden = golden_path.with_name(f".{golden_path.name}.{os.getpid()}.tmp")
+    tmp_onnx, tmp_golden = temp_path(args.out), temp_path(golden_path)
     try:
         result = export_checked(args, tmp_onnx, tmp_golden)
-        if tmp_golden.exists():
+        if "max_diff" in result:  # parity passed and the golden set was saved
             os.replace(tmp_golden, golden_path)
             result["golden"] = str(golden_path)
         elif golden_path.exists():  # the earlier export's golden set belongs to another model

@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="activation range calibration (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="calibration image selection seed (default: %(default)s)")
     ap.add_argument("--verbose", action="store_true", help="let ModelOpt and ONNX Runtime print their progress")
+    ap.add_argument("--force", action="store_true", help="replace existing --fp16 / --int8 files")
     args = ap.parse_args(argv)
     if not args.onnx.is_file():
         ap.error(f"{args.onnx}: no such ONNX file")
@@ -143,16 +144,24 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"{args.onnx} is already {precision}: give the FP32 export")
     if not (args.fp16 or args.int8):
         ap.error("nothing to do: give --fp16 and/or --int8")
-    for out in filter(None, (args.fp16, args.int8)):
+    for option, out in (("--fp16", args.fp16), ("--int8", args.int8)):
+        if out is None:
+            continue
         try:
             check_output_path(out)
         except ValueError as e:
             ap.error(str(e))
+        if out.resolve() == args.onnx.resolve():
+            ap.error(f"{out}: is the --onnx file; give {option} a file of its own")
+        if out.exists() and not args.force:
+            ap.error(f"{out} exists; pass --force to replace it")
+    if args.fp16 and args.int8 and args.fp16.resolve() == args.int8.resolve():
+        ap.error(f"{args.int8}: given as both --fp16 and --int8")
+    if args.int8 and not args.calib_faces.is_dir():  # now, not after the FP16 graph is made
+        ap.error(f"{args.calib_faces}: calibration folder not found (--calib-faces)")
     if args.fp16:
         print(f"wrote {make_fp16(args.onnx, args.fp16)}")
     if args.int8:
-        if not args.calib_faces.is_dir():
-            ap.error(f"{args.calib_faces}: calibration folder not found (--calib-faces)")
         calib = build_calibration_set(args.calib_faces, args.calib_count, args.seed)
         print(f"calibration set: {len(calib.paths)} images ({int(calib.occluded.sum())} occluded, "
               f"{calib.framing}), key {calib.key[:12]}")

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                  [py, "-m", "export.export_onnx", "--force", "--checkpoint", str(args.checkpoint), "--out", str(onnx),
                   "--faces", str(faces), "--masks", str(masks), "--golden-faces", str(args.golden_faces)]):
         return summary(p)
-    quant = [py, "-m", "export.quantize", "--onnx", str(onnx), "--fp16", str(fp16)] + (["--verbose"] if args.verbose else [])
+    quant = [py, "-m", "export.quantize", "--force", "--onnx", str(onnx), "--fp16", str(fp16)] + (["--verbose"] if args.verbose else [])
     if have_data:
         quant += ["--int8", str(int8), "--calib-faces", str(faces)] + (
             ["--calib-count", str(args.calib_count)] if args.calib_count else [])

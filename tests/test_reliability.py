@@ -336,3 +336,108 @@ def test_annotate_ignores_progress_of_another_folder(monkeypatch, tmp_path, caps
     annotate.annotate(faces, workers=1, out=out)
     assert FakeTeacher.calls == 3 and "labels.json.partial: ignored" in capsys.readouterr().err
     assert not out.with_name("labels.json.partial").exists()
+
+
+# ------------------------------------------------------------------------- leftovers and overwrites: export
+
+KILLED_EXPORT = """
+import os, sys
+import export.export_onnx as e
+from core.files import atomic_write_bytes
+
+def killed(args, onnx_path, golden_path):  # killed halfway through writing the model into its temp file
+    os.replace = lambda *a: os._exit(9)
+    atomic_write_bytes(onnx_path, b"half a model")
+
+e.export_checked = killed
+e.main(["--checkpoint", "unused.pt", "--out", sys.argv[1]])
+"""
+
+
+def test_export_onnx_removes_the_temp_files_of_a_killed_export(monkeypatch, tmp_path, capsys):
+    from export import export_onnx
+
+    out = tmp_path / "m.onnx"
+    proc = subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(out)], cwd=ROOT, check=False)
+    assert proc.returncode == 9 and not out.exists()
+    leftovers = sorted(tmp_path.iterdir())
+    assert len(leftovers) == 3  # the model's and the golden set's temp files, and the temp of the model's
+    others = [".m.onnx.tmp", "m.onnx.abc123.tmp", ".m.onnx.ABC123.tmp", ".other.onnx.abc123.tmp",
+              ".m.onnx.abc123.tmp.keep", "..m.onnx.tmp.abc123.tmp", "notes.txt"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"mine")
+    (tmp_path / ".m.onnx.dir12345.tmp").mkdir()
+    others.append(".m.onnx.dir12345.tmp")
+
+    def export_checked(args, onnx_path, golden_path):
+        onnx_path.write_bytes(b"a model")
+        return {}
+
+    monkeypatch.setattr(export_onnx, "export_checked", export_checked)
+    capsys.readouterr()
+    export_onnx.main(["--checkpoint", str(tmp_path / "unused.pt"), "--out", str(out)])
+    assert out.read_bytes() == b"a model"
+    assert not any(p.exists() for p in leftovers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "m.onnx"])
+    removed = [line for line in capsys.readouterr().out.splitlines() if "temp file" in line]
+    assert len(removed) == 1 and removed[0].startswith(f"{tmp_path}: removed 3 temp file(s) a killed export left")
+    assert all(p.name in removed[0] for p in leftovers)
+
+
+def test_quantize_overwrites_only_with_force_and_never_its_source(monkeypatch, tmp_path, capsys):
+    from export import quantize
+
+    made = []
+    monkeypatch.setattr(quantize, "make_fp16", lambda src, dst: made.append(dst) or tiny_onnx(dst, "fp16"))
+    onnx_path = tiny_onnx(tmp_path / "model.onnx")
+    source = onnx_path.read_bytes()
+    link = tmp_path / "link.onnx"
+    link.symlink_to(onnx_path.name)
+    earlier = tmp_path / "m.fp16.onnx"
+    earlier.write_bytes(b"an earlier run")
+    new = tmp_path / "new.onnx"
+    for args, message in [(["--fp16", earlier], f"{earlier} exists; pass --force to replace it"),
+                          (["--fp16", onnx_path, "--force"], f"{onnx_path}: is the --onnx file"),
+                          (["--fp16", link, "--force"], f"{link}: is the --onnx file"),  # resolved paths
+                          (["--int8", link, "--force"], f"{link}: is the --onnx file; give --int8"),
+                          (["--fp16", new, "--int8", new], f"{new}: given as both --fp16 and --int8")]:
+        with pytest.raises(SystemExit) as exit_:
+            quantize.main(["--onnx", str(onnx_path), *map(str, args)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and f"error: {message}" in err, err
+    assert not made and onnx_path.read_bytes() == source and earlier.read_bytes() == b"an earlier run"
+    quantize.main(["--onnx", str(onnx_path), "--fp16", str(earlier), "--force"])
+    assert made == [earlier] and quantize.read_metadata(earlier)["precision"] == "fp16"
+
+
+def test_build_engine_checks_its_cache_paths_before_any_work(monkeypatch, tmp_path, capsys):
+    from export import quantize
+    from export.build_engine import main
+
+    fake = install(monkeypatch, "10.x")
+    made = []
+    monkeypatch.setattr(quantize, "make_fp16", lambda src, dst: made.append(dst) or tiny_onnx(dst, "fp16"))
+    onnx_path = tiny_onnx(tmp_path / "model.onnx")
+    out = tmp_path / "m.engine"
+    for option, precision in [("--timing-cache", ["--precision", "fp16"]),
+                              ("--calib-cache", ["--precision", "int8", "--calibrator", "entropy"])]:
+        cases = [*bad_outputs(tmp_path, option.strip("-")), (onnx_path, "is the ONNX file or OUT")]
+        for cache, message in cases:
+            assert main(["--onnx", str(onnx_path), *precision, "--out", str(out), option, str(cache)]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and str(cache) in err and message in err and err.count("\n") == 1, err
+    assert not made and not fake.named("Builder") and not out.exists()  # refused before any work
+
+
+def test_fan_refuses_an_unwritable_run_folder(tmp_path, capsys):
+    from train.fan import parse_args
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for out, message in [(a_file, "is a file, not a folder"), (a_file / "run", f"{a_file} is a file"),
+                         (unwritable() / "run", "no write access to /sys")]:
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(["--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and f"error: {out}: " in err and message in err, err
+    assert parse_args(["--out", str(a_file), "--size"]).size  # --size writes nothing: no folder to check

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.data import DEFAULT_FACES
+from core.files import check_output_path
 from core.preprocess import INPUT_SIZE
 
 from . import checkpoint
@@ -235,7 +236,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--force", action="store_true", help="start a fresh run in an OUT that holds one (overwrites it)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", action="store_true", help="print parameters and multiply-adds, then exit")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if not args.size:  # --size writes nothing; a run is checked now, not when its first checkpoint is written
+        try:
+            check_output_path(args.out, folder=True)
+        except ValueError as e:
+            ap.error(str(e))
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
