@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from . import augment
 from .augment import texture
 from .occlusion import TEXTURED, eval_mask
-from .preprocess import INPUT_SIZE, crop_face, image_to_target, occlude, read_image
+from .preprocess import INPUT_SIZE, crop_face, image_to_target, invert_matrix, occlude, read_image
 
 
 @dataclass
@@ -49,12 +50,35 @@ def occluded_crops(faces_dir: Path, face: Face, masks_dir: Path | None, conditio
     crop, m = crop_face(read_image(Path(faces_dir) / face.path), face.box)
     out = {}
     for cond in conditions:
-        mask_id, mask = eval_mask(cond, masks_dir, face.path, seed)
-        fill = None
-        if cond == TEXTURED:
-            fill = texture(np.random.default_rng([seed, 7, *face.path.encode()]), INPUT_SIZE, texture_source)
+        mask_id, mask, fill = occluder(face, cond, masks_dir, seed, texture_source)
         out[cond] = (mask_id, mask, occlude(crop, mask, fill))
     return m, out
+
+
+def occluder(face: Face, condition: str, masks_dir: Path | None, seed: int,
+             texture_source: np.ndarray | None = None) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    """(mask id, 256x256 mask or None, texture fill or None = black) of one condition for one face."""
+    mask_id, mask = eval_mask(condition, masks_dir, face.path, seed)
+    fill = None
+    if condition == TEXTURED:
+        fill = texture(np.random.default_rng([seed, 7, *face.path.encode()]), INPUT_SIZE, texture_source)
+    return mask_id, mask, fill
+
+
+def occluded_image(image: np.ndarray, matrix: np.ndarray, mask: np.ndarray | None,
+                   fill: np.ndarray | None = None) -> np.ndarray:
+    """The whole image occluded as its crop (``matrix``) is by ``mask`` / ``fill``: the crop's occluder laid
+    back onto the image, for pipelines that must find the face themselves (train.end_to_end, video)."""
+    if mask is None:
+        return image
+    size = (image.shape[1], image.shape[0])
+    back = invert_matrix(matrix)
+    kept = cv2.warpAffine(mask, back, size, flags=cv2.INTER_NEAREST, borderValue=1.0)
+    if fill is None:
+        fill_img = np.zeros_like(image)
+    else:
+        fill_img = cv2.warpAffine(fill, back, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return np.where(kept[:, :, None] > 0.5, image, fill_img).astype(image.dtype)
 
 
 def negative_crop(faces_dir: Path, face: Face, seed: int, texture_source: np.ndarray | None = None) -> np.ndarray:

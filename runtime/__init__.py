@@ -3,10 +3,13 @@
     from runtime import LandmarkDetector, detect_faces
     det = LandmarkDetector("model.onnx")   # or "model.engine"
     pts = det.predict(image_bgr)           # (68, 2) image pixels
+    faces = det.detect("photo.jpg")        # every face: box, landmarks, visibility, score
+    tracker = det.tracker(smoothing=OneEuro(min_cutoff=0.5))   # video: tracker.update(frame)
 """
 from .detector import FaceLandmarks, LandmarkDetector
+from .tracking import OneEuro, TrackedFace
 
-__all__ = ["FaceLandmarks", "LandmarkDetector", "detect_faces"]
+__all__ = ["FaceLandmarks", "LandmarkDetector", "OneEuro", "TrackedFace", "detect_faces"]
 
 
 def __getattr__(name: str):

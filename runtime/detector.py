@@ -1,4 +1,4 @@
-"""LandmarkDetector: the one-line API over any backend."""
+"""LandmarkDetector: the one-line API over any backend, from an image to its faces' landmarks."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,9 +7,23 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from core.preprocess import Box, crop_face, ensure_bgr, output_to_image, to_input, whole_image_box
+from core.preprocess import Box, crop_face, ensure_bgr, output_to_image, read_image, to_input, whole_image_box
 
 from .backends import Backend, landmarks_output, load_backend
+from .faces import box_from_landmarks, box_overlap, detect_faces, load_detector
+
+# detect() with a model that has a face score: YuNet runs at CANDIDATE_SCORE instead of its own threshold, so
+# it proposes occluded faces it would drop, and the model keeps the candidates it scores >= FACE_SCORE_MIN,
+# before and after refining. Each face is refined REFINE_PASSES times (predicted again from the box its
+# landmarks imply): a second pass still lowered the failures under occlusion, by about 0.05.
+# Chosen on the val split by train.end_to_end (docs/end_to_end.md).
+CANDIDATE_SCORE = 0.15
+FACE_SCORE_MIN = 0.8
+REFINE_PASSES = 2
+VISIBLE = 0.5  # the visibility probability from which a point counts as visible
+# Two results whose boxes share this much of the smaller one's area are one face (the better scored, or the
+# larger, is kept): under occlusion a face yields offset and nested candidates whose IoU stays low.
+DUPLICATE_OVERLAP = 0.5
 
 
 @dataclass
@@ -29,9 +43,13 @@ class LandmarkDetector:
     >>> pts = det.predict(image_bgr)                # whole image is the face crop -> (68, 2) image pixels
     >>> pts = det.predict(image_bgr, box=(x0, y0, x1, y1))
     >>> face = det.predict_face(image_bgr, box)     # FaceLandmarks: + visibility and score with heads
+    >>> faces = det.detect("photo.jpg")             # every face of an image, largest first
+    >>> tracker = det.tracker()                     # video: faces = tracker.update(frame), with track_id
     """
 
     def __init__(self, model: str | Path, backend: str | None = None, batch_size: int = 32, **options):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.backend: Backend = load_backend(model, backend, **options)
         self.batch_size = min(batch_size, self.backend.max_batch or batch_size)
 
@@ -71,3 +89,55 @@ class LandmarkDetector:
                                          None if vis is None else vis[k],
                                          None if score is None else float(score[k])))
         return out
+
+    def detect(self, image: np.ndarray | str | Path, detector: str = "auto", refine: bool = True,
+               candidate_score: Optional[float] = CANDIDATE_SCORE,
+               min_face_score: float = FACE_SCORE_MIN) -> list[FaceLandmarks]:
+        """Every face of an image (BGR/grey/BGRA array or a file), largest first.
+
+        With a model that has a face score, YuNet proposes faces at ``candidate_score`` (below its own
+        threshold) and the model keeps those it scores >= ``min_face_score``: this finds faces under
+        occlusion that the detector alone drops (None: YuNet's own threshold, nothing dropped).
+        ``refine``: predict again (REFINE_PASSES times) from the box the landmarks imply, the framing the
+        model was trained on, instead of the detector's box.
+        """
+        image = read_image(image) if isinstance(image, (str, Path)) else ensure_bgr(image)
+        detector = load_detector(detector)
+        confirm = self.has_heads and detector == "yunet" and candidate_score is not None
+        boxes = detect_faces(image, detector, candidate_score if confirm else None)
+        faces = self.predict_faces([image] * len(boxes), boxes)
+        for _ in range(REFINE_PASSES if refine else 0):
+            if confirm:
+                faces = [f for f in faces if f.score >= min_face_score]
+            faces = self.refine(image, faces)
+        if confirm:
+            faces = [f for f in faces if f.score >= min_face_score]
+        return distinct(faces)
+
+    def refine(self, image: np.ndarray, faces: Sequence[FaceLandmarks]) -> list[FaceLandmarks]:
+        """Each face predicted again from the box its landmarks imply (runtime.faces.box_from_landmarks)."""
+        return self.predict_faces([image] * len(faces), [box_from_landmarks(f.landmarks) for f in faces])
+
+    def tracker(self, **options) -> "FaceTracker":
+        """A stateful video tracker over this model: ``tracker.update(frame)`` -> faces with a ``track_id``.
+
+        Options: see runtime.tracking.FaceTracker (detector, detect_every, lost_score, smoothing, ...).
+        """
+        from .tracking import FaceTracker
+
+        return FaceTracker(self, **options)
+
+
+def box_area(box: Box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def distinct(faces: Sequence[FaceLandmarks]) -> list[FaceLandmarks]:
+    """One result per face, largest first: of results overlapping by DUPLICATE_OVERLAP the better scored is
+    kept (the larger without scores)."""
+    rank = sorted(faces, key=lambda f: (f.score if f.score is not None else 0.0, box_area(f.box)), reverse=True)
+    kept: list[FaceLandmarks] = []
+    for face in rank:
+        if all(box_overlap(face.box, k.box) < DUPLICATE_OVERLAP for k in kept):
+            kept.append(face)
+    return sorted(kept, key=lambda f: box_area(f.box), reverse=True)

@@ -1,6 +1,10 @@
 """Measure how a face detector's boxes sit against dlib's (the training framing) and print the correction.
 
     python scripts/detector_framing.py --detector yunet [--faces ../shared/data/faces]
+    python scripts/detector_framing.py --detector landmarks    # runtime.faces.LANDMARKS_TO_DLIB
+
+--detector landmarks fits the box of the teacher's 68 points against the teacher's dlib box instead:
+on the train split's labels, checked on the val split's.
 
 Fits on 200 CACD faces (every 19th file of faces/cacd), checks on 50 Taiwanese faces not used to fit:
 dlib width / detector width and height / height (geometric means) and the centre offset in detector box
@@ -14,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data import DEFAULT_FACES
+from core.data import DEFAULT_FACES, load_labels, read_split
 from core.preprocess import read_image
 from runtime import faces
+from runtime.faces import box_iou as iou
 
 
-def iou(a, b) -> float:
-    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
+def landmark_pairs(faces_dir: Path, split: str) -> list[tuple[tuple, tuple]]:
+    """(bounding box of the teacher's 68 points, the teacher's dlib box) for every labelled face of a split."""
+    labels = load_labels(faces_dir, read_split(faces_dir, split))
+    return [((*pts.min(0), *pts.max(0)), tuple(box)) for pts, box in zip(labels.landmarks, labels.boxes)]
 
 
 def pairs(files: list[Path], detector: str) -> list[tuple[tuple, tuple]]:
@@ -50,15 +54,20 @@ def fit(found: list[tuple[tuple, tuple]]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--detector", choices=["yunet", "haar"], default="yunet")
+    ap.add_argument("--detector", choices=["yunet", "haar", "landmarks"], default="yunet")
     ap.add_argument("--faces", type=Path, default=DEFAULT_FACES)
     args = ap.parse_args()
-    fit_files = sorted((args.faces / "cacd").glob("*.jpg"))[::19][:200]
-    check_files = sorted((args.faces / "taiwanese").glob("*.jpg"))[::20][:50]
-    found = pairs(fit_files, args.detector)
-    correction = fit(found)
-    print(f"{args.detector}: fitted on {len(found)} of {len(fit_files)} CACD faces: {correction}")
-    check = pairs(check_files, args.detector)
+    if args.detector == "landmarks":
+        found, check = landmark_pairs(args.faces, "train"), landmark_pairs(args.faces, "val")
+        correction = fit(found)
+        print(f"landmarks: fitted on {len(found)} train faces: {correction}")
+    else:
+        fit_files = sorted((args.faces / "cacd").glob("*.jpg"))[::19][:200]
+        check_files = sorted((args.faces / "taiwanese").glob("*.jpg"))[::20][:50]
+        found = pairs(fit_files, args.detector)
+        correction = fit(found)
+        print(f"{args.detector}: fitted on {len(found)} of {len(fit_files)} CACD faces: {correction}")
+        check = pairs(check_files, args.detector)
     corrected = [faces.to_dlib_framing(raw, correction) for raw, _ in check]
     for name, group, boxes in (("fit", found, [faces.to_dlib_framing(r, correction) for r, _ in found]),
                                ("check", check, corrected)):

@@ -120,3 +120,70 @@ def test_video_is_annotated(onnx_model, tmp_path):
         assert f["faces"], f"no face in frame {f['frame']}"
         assert_points_inside(f["faces"][0], 250, 250)
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "landmarks.json"]  # no partial file left
+
+
+@needs_data
+def test_tiny_grey_and_bgra_images_are_skipped_and_the_rest_of_the_folder_done(onnx_model, tmp_path, capsys):
+    folder = tmp_path / "in"
+    link_faces(folder, 2)
+    cv2.imwrite(str(folder / "dot.png"), np.zeros((1, 1), np.uint8))  # 1x1 grayscale
+    cv2.imwrite(str(folder / "tiny.png"), np.zeros((8, 8, 4), np.uint8))  # 8x8 BGRA
+    out = tmp_path / "out"
+    assert main(["--model", str(onnx_model), "--input", str(folder), "--out", str(out)]) == 0
+    doc = json.loads((out / "landmarks.json").read_text())
+    assert sorted(doc["unreadable"]) == ["dot.png", "tiny.png"]
+    assert "too small" in doc["unreadable"]["dot.png"] and "dot.png" in doc["unreadable"]["dot.png"]
+    assert len(doc["images"]) == 2 and all(im["faces"] for im in doc["images"])
+
+
+def test_out_that_is_a_file_is_refused_by_name(onnx_model, tmp_path, capsys):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.full((64, 64, 3), 128, np.uint8))
+    taken = tmp_path / "taken"
+    taken.write_text("a user's file")
+    assert main(["--model", str(onnx_model), "--input", str(image), "--out", str(taken)]) == 2
+    assert str(taken) in capsys.readouterr().err and taken.read_text() == "a user's file"
+
+
+def numbered_video(path: Path, n: int = 40, fps: int = 20) -> None:
+    """A face moving across a grey frame, frame i showing the number i."""
+    face = cv2.resize(cv2.imread(str(real(1)[0])), (150, 150))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (320, 240))
+    for i in range(n):
+        frame = np.full((240, 320, 3), 120, np.uint8)
+        frame[45:195, 40 + 2 * i:190 + 2 * i] = face
+        writer.write(frame)
+    writer.release()
+
+
+@needs_data
+def test_a_damaged_video_keeps_true_frame_numbers_and_reports_the_missing_ones(onnx_model, tmp_path, capsys):
+    clip = tmp_path / "clip.mp4"
+    numbered_video(clip)
+    data = bytearray(clip.read_bytes())
+    start = int(len(data) * 0.45)
+    data[start:start + len(data) // 6] = bytes(len(data) // 6)  # a damaged stretch in the middle
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    assert main(["--model", str(onnx_model), "--input", str(broken), "--out", str(out)]) == 0
+    doc = json.loads((out / "landmarks.json").read_text())
+    numbers = [f["frame"] for f in doc["frames"]]
+    assert len(numbers) < 40 and numbers == sorted(set(numbers)) and numbers[-1] == 39  # true numbers, not 0..n-1
+    assert sorted(numbers + doc["missing_frames"]) == list(range(40))
+    assert all(f["time_s"] == pytest.approx(f["frame"] / 20) for f in doc["frames"])
+    assert "could not be read" in capsys.readouterr().err
+
+
+@needs_data
+def test_video_is_tracked_and_a_stale_partial_file_is_removed(onnx_model, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    numbered_video(clip, 12)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".clip.partial.mp4").write_bytes(b"left by a killed run")
+    assert main(["--model", str(onnx_model), "--input", str(clip), "--out", str(out), "--detect-every", "5"]) == 0
+    doc = json.loads((out / "landmarks.json").read_text())
+    assert [f["frame"] for f in doc["frames"]] == list(range(12)) and doc["missing_frames"] == []
+    assert {face["track_id"] for f in doc["frames"] for face in f["faces"]} == {1}
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "landmarks.json"]

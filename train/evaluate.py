@@ -32,13 +32,13 @@ from core.preprocess import output_to_image, read_image
 from core.progress import Progress
 from core.samples import Face, negative_crop, occluded_crops, visibility_truth
 from runtime.backends import OUTPUTS
+from runtime.detector import VISIBLE
 
 from .annotate import annotate
 
 # Predictor: uint8 BGR crops (N, 256, 256, 3) -> normalised landmarks (N, 68, 2), or a dict of outputs
 # named as runtime.backends.OUTPUTS (landmarks, and visibility / face_score for models with heads).
 Predictor = Callable[[np.ndarray], "np.ndarray | dict[str, np.ndarray]"]
-VISIBLE = 0.5  # the visibility probability from which a point counts as visible
 
 # The paper's numbers (Pang et al. 2025, as summarised in PAPER.md), all in this one place.
 PAPER = {  # MobileNet-L, NMSE %: Tables 3 (frontal) and 4 (side)
@@ -207,6 +207,13 @@ def format_tables(result: dict, title: str = "MobileNet-L (ours)") -> str:
     return "\n".join(lines)
 
 
+def data_arguments(ap: argparse.ArgumentParser) -> None:
+    """--faces, --masks and --split, as every evaluation command takes them."""
+    ap.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="face folder (default: %(default)s)")
+    ap.add_argument("--masks", type=Path, default=DEFAULT_MASKS, help="Liu et al. test masks (default: %(default)s)")
+    ap.add_argument("--split", default="test", help="split of splits.csv (default: %(default)s; tune on val)")
+
+
 def cli() -> None:
     """Console-script entry point (pyproject.toml)."""
     main()  # returns its results for callers in Python; the exit status is 0 unless it raises
@@ -215,9 +222,7 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=Path("weights/mobilenet_l.pt"))
-    ap.add_argument("--faces", type=Path, default=DEFAULT_FACES, help="face folder (default: %(default)s)")
-    ap.add_argument("--masks", type=Path, default=DEFAULT_MASKS, help="Liu et al. test masks (default: %(default)s)")
-    ap.add_argument("--split", default="test", help="split of splits.csv to evaluate (default: %(default)s)")
+    data_arguments(ap)
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--limit", type=int, help="evaluate only the first N faces")
     ap.add_argument("--seed", type=int, default=0, help="mask selection seed (default: %(default)s)")

@@ -1,0 +1,223 @@
+"""Video: faces tracked from frame to frame, and landmarks smoothed over time.
+
+    det = LandmarkDetector("model.onnx")
+    tracker = det.tracker()                  # FaceTracker
+    for frame in frames:
+        for face in tracker.update(frame):   # TrackedFace: track_id, box, landmarks, visibility, score
+            ...
+
+A tracked frame crops each face from its landmarks of the previous frame (no detection): the box then
+moves with the face instead of jumping with the detector, and an occluder that arrives after the face was
+found cannot make the face disappear, since no detector has to find it again. Detection (LandmarkDetector
+.detect) runs on the first frame, every ``detect_every`` frames (to pick up new faces) and on the frame
+after a track was lost. With a face score, a track is lost when the model scores its crop below
+``lost_score``; a model without heads has no such signal, so its tracks end when a detection frame finds
+no face on them.
+
+Landmarks are smoothed by One Euro filters (Casiez et al., CHI 2012): low-passes whose cutoff rises with
+speed, so a still face is steady and a moving one does not lag. The face's pose (centre, scale, angle)
+and its shape are filtered apart (OneEuro), speeds are measured relative to the face's size, so the
+parameters hold at any resolution, and points the model says are hidden are smoothed harder. The filter
+only shapes the output: the next frame's crop comes from the unsmoothed landmarks, so smoothing cannot
+make the tracker lag behind the face.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, List, Optional
+
+import numpy as np
+
+from core.preprocess import ensure_bgr
+
+from .detector import FaceLandmarks, box_area, distinct
+from .faces import box_from_landmarks, box_iou, load_detector
+
+if TYPE_CHECKING:
+    from .detector import LandmarkDetector
+
+SAME_FACE_IOU = 0.4  # a detection overlapping a track this much is that track's face
+
+
+@dataclass
+class OneEuro:
+    """Parameters of the landmark smoothing. Each face is split into its pose (centre, scale, in-plane angle)
+    and its shape (the points with the pose taken out), each smoothed by a One Euro filter: the pose, well
+    measured (it averages 68 points) and moving fast, lightly; the shape, noisier and slower, harder. A
+    single filter on the points would have to choose between lag on moving faces and jitter.
+
+    ``min_cutoff`` (Hz): the shape's cutoff at rest (lower = steadier); ``beta``: how fast it rises with the
+    shape's speed; ``pose_min_cutoff`` and ``pose_beta``: the same for the pose (speeds in face sizes, log
+    scale and radians per second); ``d_cutoff`` (Hz): smoothing of the speed estimates;
+    ``hidden_cutoff_factor``: a hidden point's shape cutoff is scaled by it (blended by the visibility
+    probability). Defaults chosen on val sequences by ``python -m train.video_eval --sweep``."""
+
+    min_cutoff: float = 0.25
+    beta: float = 2.0
+    pose_min_cutoff: float = 8.0
+    pose_beta: float = 8.0
+    d_cutoff: float = 1.0
+    hidden_cutoff_factor: float = 0.3
+
+
+def _alpha(cutoff, dt: float):
+    tau = 1.0 / (2 * np.pi * cutoff)
+    return 1.0 / (1.0 + tau / dt)
+
+
+class _Euro:
+    """One Euro filter (Casiez et al. 2012) over an array: the speed of a row is its norm over the last axis
+    (a scalar's, its absolute value), divided by ``scale``."""
+
+    def __init__(self, min_cutoff: float, beta: float, d_cutoff: float):
+        self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
+        self.t: Optional[float] = None
+
+    def __call__(self, x, t: float, scale: float = 1.0, factor=1.0):
+        x = np.asarray(x, np.float64)
+        if self.t is None:
+            self.t, self.x, self.dx = t, x, np.zeros_like(x)
+            return x
+        dt = t - self.t
+        self.dx = self.dx + _alpha(self.d_cutoff, dt) * ((x - self.x) / dt - self.dx)
+        speed = (np.linalg.norm(self.dx, axis=-1) if x.ndim > 1 else np.abs(self.dx)) / scale
+        a = _alpha((self.min_cutoff + self.beta * speed) * factor, dt)
+        self.x = self.x + (a[..., None] if x.ndim > 1 else a) * (x - self.x)
+        self.t = t
+        return self.x
+
+
+def _rotation(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s], [s, c]])
+
+
+class PointFilter:
+    """Smoothing of one face's (68, 2) landmarks over time: pose and shape filtered apart (see OneEuro)."""
+
+    def __init__(self, params: OneEuro):
+        self.params = params
+        pose = (params.pose_min_cutoff, params.pose_beta, params.d_cutoff)
+        self.centre, self.log_scale, self.angle = _Euro(*pose), _Euro(*pose), _Euro(*pose)
+        self.shape = _Euro(params.min_cutoff, params.beta, params.d_cutoff)
+        self.t: Optional[float] = None
+        self.reference = None  # the first frame's shape: angles are measured against it
+        self.last_angle = 0.0
+
+    def __call__(self, points: np.ndarray, t: float, visibility: np.ndarray | None = None) -> np.ndarray:
+        points = np.asarray(points, np.float64)
+        if self.t is not None and t <= self.t:  # time went backwards (a seek): start afresh
+            self.__init__(self.params)
+        self.t = t
+        centre = points.mean(0)
+        spread = float(np.sqrt(((points - centre) ** 2).sum(1).mean()))  # RMS distance from the centre
+        unit = (points - centre) / max(spread, 1e-6)
+        if self.reference is None:
+            self.reference = unit
+        ref = self.reference
+        angle = np.arctan2((ref[:, 0] * unit[:, 1] - ref[:, 1] * unit[:, 0]).sum(), (ref * unit).sum())
+        angle = self.last_angle + (angle - self.last_angle + np.pi) % (2 * np.pi) - np.pi  # no jump at ±180°
+        self.last_angle = angle
+        shape = unit @ _rotation(-angle).T
+        hidden = 1.0 if visibility is None else visibility + (1 - visibility) * self.params.hidden_cutoff_factor
+        out = self.centre(centre, t, spread) + np.exp(self.log_scale(np.log(max(spread, 1e-6)), t)) * (
+            self.shape(shape, t, 1.0, hidden) @ _rotation(self.angle(angle, t)).T)
+        return out.astype(np.float32)
+
+
+@dataclass
+class TrackedFace(FaceLandmarks):
+    track_id: int = 0
+    detected: bool = False  # this frame's result came from a detection (new face), not from tracking
+
+
+class Track:
+    def __init__(self, track_id: int, face: FaceLandmarks, smoothing: Optional[OneEuro]):
+        self.id = track_id
+        self.face = face  # the latest unsmoothed result: the next frame crops from its landmarks
+        self.filter = PointFilter(smoothing) if smoothing else None
+
+
+class FaceTracker:
+    """Faces of a video with stable ``track_id``s (see the module docstring).
+
+    ``detector``: the face detector of detection frames; ``detect_every``: frames between detections
+    (new faces appear at most that late); ``lost_score``: a track whose face score falls below it ends
+    (models with heads); ``smoothing``: OneEuro parameters, or None for raw landmarks; ``fps``: the frame
+    rate assumed when update() gets no timestamp; ``max_faces``: the most faces tracked (largest kept).
+    """
+
+    def __init__(self, landmarker: "LandmarkDetector", detector: str = "auto", detect_every: int = 30,
+                 lost_score: float = 0.5, smoothing: Optional[OneEuro] = OneEuro(), fps: float = 30.0,
+                 max_faces: Optional[int] = None):
+        if detect_every < 1:
+            raise ValueError(f"detect_every must be at least 1, got {detect_every}")
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.landmarker = landmarker
+        self.detector = load_detector(detector)
+        self.detect_every, self.lost_score, self.smoothing = detect_every, lost_score, smoothing
+        self.fps, self.max_faces = fps, max_faces
+        self.tracks: List[Track] = []
+        self.frame_index = -1
+        self.last_detection = None  # frame index of the last detection
+        self.lost = False  # a track ended on the last frame: detect on this one
+        self.ran_detection = False  # whether the last update() ran the face detector
+        self._ids = itertools.count(1)
+
+    def reset(self) -> None:
+        """Forget every track (a cut in the video); the next update() detects afresh."""
+        self.tracks, self.last_detection, self.lost = [], None, False
+
+    def update(self, frame: np.ndarray, timestamp: Optional[float] = None) -> List[TrackedFace]:
+        """The faces of the next frame (BGR/grey/BGRA uint8), largest first; ``timestamp`` in seconds
+        (default: frame number / fps)."""
+        frame = ensure_bgr(frame, f"frame {self.frame_index + 1}")
+        self.frame_index += 1
+        t = self.frame_index / self.fps if timestamp is None else float(timestamp)
+        self._follow(frame)
+        due = (not self.tracks or self.lost or self.last_detection is None
+               or self.frame_index - self.last_detection >= self.detect_every)
+        new_ids: set = set()
+        self.ran_detection = due
+        if due:
+            new_ids = self._detect(frame)
+        self.lost = False
+        out = []
+        for track in self.tracks:
+            face = track.face
+            points = face.landmarks
+            if track.filter is not None:
+                points = track.filter(points, t, face.visibility)
+            out.append(TrackedFace(face.box, points, face.visibility, face.score, track.id, track.id in new_ids))
+        return sorted(out, key=lambda f: box_area(f.box), reverse=True)
+
+    def _follow(self, frame: np.ndarray) -> None:
+        """Move every track to this frame: crop from its last landmarks, drop the ones whose score says lost."""
+        if not self.tracks:
+            return
+        faces = self.landmarker.refine(frame, [t.face for t in self.tracks])
+        kept = []
+        for track, face in zip(self.tracks, faces):
+            if face.score is not None and face.score < self.lost_score:
+                self.lost = True
+                continue
+            track.face = face
+            kept.append(track)
+        # two tracks that converged onto one face: keep the older
+        self.tracks = [t for i, t in enumerate(kept) if all(box_iou(t.face.box, o.face.box) < SAME_FACE_IOU
+                                                            for o in kept[:i])]
+
+    def _detect(self, frame: np.ndarray) -> set:
+        """Detect; start tracks for faces no track covers; without a face score, end tracks no face covers."""
+        self.last_detection = self.frame_index
+        found = self.landmarker.detect(frame, self.detector)
+        if not self.landmarker.has_heads:  # no face score: detection is the only evidence a face is there
+            self.tracks = [t for t in self.tracks if any(box_iou(t.face.box, f.box) >= SAME_FACE_IOU for f in found)]
+        new = [f for f in found if all(box_iou(f.box, t.face.box) < SAME_FACE_IOU for t in self.tracks)]
+        started = [Track(next(self._ids), f, self.smoothing) for f in distinct(new)]
+        self.tracks += started
+        if self.max_faces is not None:
+            self.tracks = sorted(self.tracks, key=lambda t: box_area(t.face.box), reverse=True)[:self.max_faces]
+        return {t.id for t in started}
