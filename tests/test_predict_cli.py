@@ -146,12 +146,13 @@ def test_out_that_is_a_file_is_refused_by_name(onnx_model, tmp_path, capsys):
 
 
 def numbered_video(path: Path, n: int = 40, fps: int = 20) -> None:
-    """A face moving across a grey frame, frame i showing the number i."""
+    """A face moving back and forth across a grey frame."""
     face = cv2.resize(cv2.imread(str(real(1)[0])), (150, 150))
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (320, 240))
     for i in range(n):
         frame = np.full((240, 320, 3), 120, np.uint8)
-        frame[45:195, 40 + 2 * i:190 + 2 * i] = face
+        x = 40 + abs((2 * i) % 160 - 80)
+        frame[45:195, x:x + 150] = face
         writer.write(frame)
     writer.release()
 
@@ -186,4 +187,26 @@ def test_video_is_tracked_and_a_stale_partial_file_is_removed(onnx_model, tmp_pa
     doc = json.loads((out / "landmarks.json").read_text())
     assert [f["frame"] for f in doc["frames"]] == list(range(12)) and doc["missing_frames"] == []
     assert {face["track_id"] for f in doc["frames"] for face in f["faces"]} == {1}
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "landmarks.json"]
+
+
+@needs_data
+def test_sigterm_ends_a_video_keeping_what_was_written(onnx_model, tmp_path):
+    import signal
+    import time
+
+    clip = tmp_path / "clip.mp4"
+    numbered_video(clip, 400)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.predict", "--model", str(onnx_model), "--input", str(clip),
+                             "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(out.glob(".clip.partial.mp4")) and time.time() < deadline:  # writing has begun
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    doc = json.loads((out / "landmarks.json").read_text())
+    assert 0 < len(doc["frames"]) < 400
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "landmarks.json"]

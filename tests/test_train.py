@@ -74,3 +74,24 @@ def test_distributed_two_processes_on_cpu(small_faces, tmp_cache, tmp_path):
     assert state["world_size"] == 2 and state["epoch"] == 2
     # each rank saw half of the 48 training faces: 3 steps of 8 per epoch
     assert len(json.loads((out / "history.json").read_text())) == 2
+
+
+@needs_dlib
+def test_heads_only_training_keeps_the_landmark_network_exactly(small_faces, tmp_cache, tmp_path):
+    from train import checkpoint
+    from train.train import main
+
+    start = tmp_path / "start"
+    main(["--faces", str(small_faces), "--out", str(start), "--batch", "8", "--epochs", "1", "--limit", "16"])
+    out = tmp_path / "heads"
+    result = main(["--faces", str(small_faces), "--out", str(out), "--batch", "8", "--epochs", "2", "--seed", "3",
+                   "--heads-only", "--init", str(start / "last.pt")])
+    before = checkpoint.load(start / "last.pt")["model"]
+    after = checkpoint.load(out / "last.pt")["model"]
+    heads = [k for k in after if k.split(".")[0] in ("vis_map", "visibility", "face")]
+    assert heads and all(not torch.equal(before[k], after[k]) for k in heads if k.endswith("weight"))
+    # every other tensor, batch-norm statistics included, is the starting network's
+    assert all(torch.equal(before[k], after[k]) for k in after if k not in heads)
+    vals = [h["val_nmse"]["all"] for h in result["history"]]
+    assert vals[0] == vals[1]  # the landmarks cannot change
+    assert torch.load(out / "last.pt", weights_only=True)["heads_only"] is True

@@ -150,6 +150,9 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
+HEAD_MODULES = ("vis_map", "visibility", "face")  # the modules of the visibility and face-score heads
+
+
 class MobileNetL(nn.Module):
     """256x256 RGB face crop -> (N, 68, 2) landmarks in normalised crop coordinates.
 
@@ -186,6 +189,22 @@ class MobileNetL(nn.Module):
                                             nn.Linear(128, config.num_landmarks))
             self.face = nn.Sequential(nn.Linear(features, 64), _act(hs), nn.Linear(64, 1))
         self._init_weights()
+
+    def freeze_landmarks(self) -> None:
+        """Train only the heads: the landmark path's weights and batch-norm statistics stay as they are, so
+        the landmarks of the network it started from are kept exactly."""
+        self.landmarks_frozen = True
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.split(".")[0] in HEAD_MODULES)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "MobileNetL":
+        super().train(mode)
+        if getattr(self, "landmarks_frozen", False):
+            for name, module in self.named_children():
+                if name not in HEAD_MODULES:
+                    module.eval()
+        return self
 
     def _init_weights(self) -> None:
         for m in self.modules():

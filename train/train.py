@@ -160,13 +160,25 @@ def training_data(faces: Path, limit: int | None, val_limit: int | None, seed: i
     return train_set, validation_batches(CropCache(faces, val_labels, val_tag))
 
 
+def landmark_selection(val: dict) -> float:
+    """What best.pt minimises: the validation NMSE over all kinds of samples."""
+    return val["all"]
+
+
+def heads_selection(val: dict) -> float:
+    """What best.pt minimises when only the heads train (the landmarks cannot change): 1 - visibility AUC."""
+    return 1.0 - val["visibility_auc"]
+
+
 def record_epoch(out: Path, model: torch.nn.Module, format: str, opt: torch.optim.Optimizer, history: list[dict],
-                 best: float, epoch: int, losses: list[float], val: dict, t0: float, log: Callable, **meta) -> float:
-    """Append the epoch to ``history``; write best.pt (when it improved), last.pt and history.json; return the best."""
+                 best: float, epoch: int, losses: list[float], val: dict, t0: float, log: Callable,
+                 select: Callable[[dict], float] = landmark_selection, **meta) -> float:
+    """Append the epoch to ``history``; write best.pt (when ``select(val)`` improved), last.pt and history.json;
+    return the best ``select(val)`` so far."""
     record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_nmse": val, "seconds": time.time() - t0}
     history.append(record)
-    improved = val["all"] < best
-    best = min(best, val["all"])
+    improved = select(val) < best
+    best = min(best, select(val))
     meta = dict(epoch=epoch + 1, history=history, best_val_nmse=best, **meta)
     if improved:
         checkpoint.save(out / "best.pt", model, format, **meta)
@@ -188,6 +200,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--variant", choices=list(ABLATIONS),
                     help="an ablation variant of the paper's network (Figure 9); overrides --model")
     ap.add_argument("--init", type=Path, help="start from this checkpoint's weights (those that fit)")
+    ap.add_argument("--heads-only", action="store_true",
+                    help="train only the visibility and face-score heads on a frozen landmark network (from "
+                         "--init): its landmarks stay exactly as they were; best.pt is chosen by visibility AUC")
     ap.add_argument("--loss", choices=LOSSES, help="landmark loss (default: the preset's)")
     defaults = Recipe()
     ap.add_argument("--photometric", type=float, default=defaults.photometric,
@@ -268,10 +283,16 @@ def main(argv: list[str] | None = None) -> dict:
         fits = {k: v for k, v in init.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(fits, strict=False)
         log(f"initialised {len(fits)} of {len(own)} tensors from {args.init}")
+    heads_only = args.heads_only if state is None else state.get("heads_only", False)
+    if heads_only:
+        if not config.heads:
+            raise SystemExit(f"--heads-only needs a model with heads (--model mobilenet_l), not {args.model!r}")
+        model.freeze_landmarks()
+    params = [p for p in model.parameters() if p.requires_grad]
     if cfg["optimizer"] == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=cfg["betas"])
+        opt = torch.optim.Adam(params, lr=cfg["lr"], betas=cfg["betas"])
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=cfg["betas"], weight_decay=cfg["weight_decay"])
+        opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=cfg["betas"], weight_decay=cfg["weight_decay"])
     start_epoch, history, best = 0, [], float("inf")
     if state is not None:
         model.load_state_dict(state["model"])
@@ -300,6 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
         step_loss=step_loss, validate_epoch=lambda: validate(model, val, device=device),
         record=lambda epoch, losses, scores, t0, best: record_epoch(
             args.out, model, checkpoint.FORMAT, opt, history, best, epoch, losses, scores, t0, log,
+            select=heads_selection if heads_only else landmark_selection, heads_only=heads_only,
             preset=args.preset, train_config=cfg, recipe=recipe.to_dict(), world_size=world,
             train_faces=train_set.faces, args={k: str(v) for k, v in vars(args).items()}),
         history=history, best=best, log=log, patience=args.patience, rank=rank, world=world, sampler=sampler)
