@@ -70,13 +70,20 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    return decode_image(np.fromfile(path, dtype=np.uint8), str(path))
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
+    """Encoded image bytes (JPEG, PNG, anything OpenCV decodes) -> BGR uint8: 16-bit shifted to 8 bits, grey and
+    alpha converted; anything unreadable raises ImageError naming ``name``."""
+    buffer = np.frombuffer(bytes(data), np.uint8) if not isinstance(data, np.ndarray) else data
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
     if image is None:
-        raise ImageError(f"{path}: not a readable image (corrupt or unsupported format)")
+        raise ImageError(f"{name}: not a readable image ({buffer.size} bytes: corrupt, empty or a format OpenCV "
+                         "does not decode)")
     if image.dtype == np.uint16:  # 16-bit PNG/TIFF
         image = (image >> 8).astype(np.uint8)
-    return ensure_bgr(image, str(path))
+    return ensure_bgr(image, name)
 
 
 def whole_image_box(height: int, width: int) -> tuple[float, float, float, float]:
