@@ -32,6 +32,7 @@ from core.metrics import nmse_per_face
 from core.preprocess import INPUT_SIZE, output_to_image, to_input
 
 from .backends import Outputs, landmarks_output, load_backend
+from .detector import VISIBLE
 from .golden import Golden
 
 EXIT_OUTSIDE_BOUND, EXIT_CANNOT_RUN = 1, 2
@@ -40,7 +41,6 @@ DEFAULT_BOUNDS = {"fp32": 0.01, "fp16": 0.05, "int8": 0.30}  # |ΔNMSE| in NMSE 
 # Measured on the epoch-3 checkpoint of the heads model (200 test faces x 6 conditions): FP16 0.0024 and
 # 0.9998, INT8 0.186 and 0.981 (the heads stay float; the backbone's INT8 error moves them).
 HEAD_BOUNDS = {"fp32": (1e-3, 0.999), "fp16": (0.02, 0.995), "int8": (0.25, 0.97)}
-VISIBLE = 0.5  # a point counts as visible at or above this probability
 
 
 def to_image(pred: np.ndarray, matrices: np.ndarray) -> np.ndarray:

@@ -35,7 +35,8 @@ from core.samples import occluded_crops
 from runtime.backends import landmarks_output
 from runtime.onnxruntime_backend import OnnxRuntimeBackend
 from train import checkpoint
-from train.evaluate import PAPER_FIG9, PAPER_METHODS, PAPER_TOTAL_S, Predictor, load_faces, torch_predictor
+from train.evaluate import (PAPER_FIG9, PAPER_METHODS, PAPER_TOTAL_S, Predictor, as_outputs, load_faces,
+                            torch_predictor)
 from train.report import (FACE_AUC_TARGET, TARGETS, VISIBILITY_AUC_TARGET, by_variant, collapsed, evaluate_ablation,
                           evaluate_candidates, lost_cells, mean_nmse, run_evaluations, seeds_apart)
 
@@ -108,7 +109,7 @@ def examples(model, faces_dir: Path, masks_dir: Path, path: Path, n: int = 4) ->
         m, by_cond = occluded_crops(faces_dir, face, masks_dir, CONDITIONS, 0)
         gt = image_to_target(face.landmarks, m) * INPUT_SIZE
         crops = np.stack([by_cond[cond][2] for cond in COLS])
-        preds = predict(crops) * INPUT_SIZE
+        preds = as_outputs(predict(crops))["landmarks"] * INPUT_SIZE
         tiles = []
         for cond, crop, pred in zip(COLS, crops.copy(), preds):
             for (x, y) in gt:
