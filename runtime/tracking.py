@@ -9,8 +9,8 @@
 A tracked frame crops each face from its landmarks of the previous frame (no detection): the box then
 moves with the face instead of jumping with the detector, and an occluder that arrives after the face was
 found cannot make the face disappear, since no detector has to find it again. Detection (LandmarkDetector
-.detect) runs on the first frame, every ``detect_every`` frames (to pick up new faces) and on the frame
-after a track was lost. With a face score, a track is lost when the model scores its crop below
+.detect) runs on the first frame, every ``detect_every`` frames (to pick up new faces) and on any frame
+where a track was lost. With a face score, a track is lost when the model scores its crop below
 ``lost_score``; a model without heads has no such signal, so its tracks end when a detection frame finds
 no face on them.
 
@@ -162,7 +162,7 @@ class FaceTracker:
         self.tracks: List[Track] = []
         self.frame_index = -1
         self.last_detection = None  # frame index of the last detection
-        self.lost = False  # a track ended on the last frame: detect on this one
+        self.lost = False  # a track ended while following this frame: detect on it
         self.ran_detection = False  # whether the last update() ran the face detector
         self._ids = itertools.count(1)
 
