@@ -7,8 +7,8 @@ It starts the server itself (python -m runtime.serve, on free 127.0.0.1 ports), 
 this machine, and stops it at the end. Requests cycle through --images test-split images:
 
   faces      one JPEG per request; the server decodes, detects and predicts. In-process: the same
-             images decoded, detected and predicted by LandmarkDetector in this process, the landmark
-             step batched over --max-batch images at a time (runtime.serving.models.detect).
+             images decoded and LandmarkDetector.detect run on each in this process, as the server
+             runs it.
   landmarks  --request-batch preprocessed crops per request; the server batches requests (dynamic
              batching). In-process: the backend on batches of --max-batch crops.
 
@@ -40,13 +40,12 @@ import numpy as np
 
 from core.data import DEFAULT_FACES, read_split
 from core.files import atomic_write_bytes
-from core.preprocess import crop_face, to_input, whole_image_box
+from core.preprocess import crop_face, decode_image, to_input, whole_image_box
 from core.progress import Progress
 
 from .benchmark import SETTLE_S, machine_info, machine_load, parse_batches
 from .detector import LandmarkDetector
 from .serving.client import PROTOCOLS, TritonClient, error_message
-from .serving.models import decode_image, detect
 from .serving.process import ServerProcess
 
 TARGETS = ("faces", "landmarks")
@@ -84,7 +83,7 @@ def load_images(faces_dir: Path, count: int) -> list[bytes]:
 
 def faces_workload(det: LandmarkDetector, images: list[bytes], max_batch: int) -> Workload:
     decoded = [decode_image(b) for b in images]
-    reference = [np.array([f.landmarks for f in faces]).reshape(-1, 68, 2) for faces in detect(det, decoded)]
+    reference = [np.array([f.landmarks for f in faces]).reshape(-1, 68, 2) for faces in map(det.detect, decoded)]
 
     def send(client: TritonClient, image: bytes):
         landmarks = client.faces(image)["landmarks"]
@@ -92,7 +91,7 @@ def faces_workload(det: LandmarkDetector, images: list[bytes], max_batch: int) -
 
     def run_batch(start: int) -> int:
         chunk = [images[(start + k) % len(images)] for k in range(max_batch)]
-        return sum(len(faces) for faces in detect(det, [decode_image(b) for b in chunk]))
+        return sum(len(det.detect(decode_image(b))) for b in chunk)
 
     return Workload(images, reference, send, run_batch)
 
@@ -101,7 +100,7 @@ def landmarks_workload(det: LandmarkDetector, images: list[bytes], max_batch: in
     crops = []
     for data in images:  # the largest face, or the whole image when none is found
         image = decode_image(data)
-        faces = detect(det, [image])[0]
+        faces = det.detect(image)
         crops.append(crop_face(image, faces[0].box if faces else whole_image_box(*image.shape[:2]))[0])
     x = to_input(np.stack(crops))
     expected = np.concatenate([det.backend.run(x[i:i + max_batch])["landmarks"] for i in range(0, len(x), max_batch)])

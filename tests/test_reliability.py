@@ -193,9 +193,9 @@ def test_quantize_refuses_an_unwritable_output(monkeypatch, tmp_path, capsys):
     assert not made
 
 
-def test_train_refuses_an_unwritable_run_folder(tmp_path, capsys):
-    from train.train import parse_args
-
+def assert_refuses_unwritable_run_folders(parse_args, tmp_path, capsys) -> Path:
+    """``parse_args(["--out", X])`` exits 2 naming X for a file, a folder under a file and an unwritable folder;
+    returns the file it made."""
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     for out, message in [(a_file, "is a file, not a folder"), (a_file / "run", f"{a_file} is a file"),
@@ -204,6 +204,13 @@ def test_train_refuses_an_unwritable_run_folder(tmp_path, capsys):
             parse_args(["--out", str(out)])
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and f"error: {out}: " in err and message in err, err
+    return a_file
+
+
+def test_train_refuses_an_unwritable_run_folder(tmp_path, capsys):
+    from train.train import parse_args
+
+    assert_refuses_unwritable_run_folders(parse_args, tmp_path, capsys)
 
 
 # ------------------------------------------------------------------------------------- leftovers: train
@@ -432,12 +439,5 @@ def test_build_engine_checks_its_cache_paths_before_any_work(monkeypatch, tmp_pa
 def test_fan_refuses_an_unwritable_run_folder(tmp_path, capsys):
     from train.fan import parse_args
 
-    a_file = tmp_path / "a_file"
-    a_file.write_text("x")
-    for out, message in [(a_file, "is a file, not a folder"), (a_file / "run", f"{a_file} is a file"),
-                         (unwritable() / "run", "no write access to /sys")]:
-        with pytest.raises(SystemExit) as exit_:
-            parse_args(["--out", str(out)])
-        err = capsys.readouterr().err
-        assert exit_.value.code == 2 and f"error: {out}: " in err and message in err, err
+    a_file = assert_refuses_unwritable_run_folders(parse_args, tmp_path, capsys)
     assert parse_args(["--out", str(a_file), "--size"]).size  # --size writes nothing: no folder to check

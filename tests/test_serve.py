@@ -25,7 +25,6 @@ from runtime.serving.models import (
     FacesModel,
     LandmarksModel,
     check_boxes,
-    detect,
     faces_tensors,
     landmarks_tensors,
 )
@@ -164,7 +163,7 @@ def test_test_images_through_the_faces_model_equal_in_process(clients, detector)
         for path in paths:
             data = path.read_bytes()
             got = client.faces(data)
-            want = detect(detector, [decode_image(data)])[0]
+            want = detector.detect(decode_image(data))
             assert len(want) >= 1 and len(got["landmarks"]) == len(want), path
             for name, value in (("boxes", [f.box for f in want]), ("landmarks", [f.landmarks for f in want]),
                                 ("visibility", [f.visibility for f in want]), ("face_score", [f.score for f in want])):

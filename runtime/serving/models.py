@@ -85,16 +85,11 @@ class FacesModel:
     def __call__(self, image: bytes, boxes: np.ndarray | None = None) -> dict[str, np.ndarray]:
         decoded = decode_image(image)
         if boxes is None:
-            faces = detect(self.detector, [decoded])[0]
+            faces = self.detector.detect(decoded)
         else:
             chosen = check_boxes(boxes, *decoded.shape[:2])
             faces = self.detector.predict_faces([decoded] * len(chosen), chosen)
         return faces_arrays(faces, self.detector.has_heads)
-
-
-def detect(detector: LandmarkDetector, images: Sequence[np.ndarray]) -> list[list[FaceLandmarks]]:
-    """Every face of each BGR image, largest first, as an in-process caller gets them (LandmarkDetector.detect)."""
-    return [detector.detect(image) for image in images]
 
 
 def faces_arrays(faces: Sequence[FaceLandmarks], has_heads: bool) -> dict[str, np.ndarray]:
