@@ -6,6 +6,8 @@ import onnx
 import pytest
 import torch
 
+from tests.conftest import CHECKPOINT
+from train.checkpoint import load
 from train.model import MODELS, MobileNetL, ModelConfig, landmarks_of
 
 
@@ -26,6 +28,26 @@ def test_heads_shapes_and_ranges():
     paper.load_state_dict({k: v for k, v in model.state_dict().items() if k in paper.state_dict()})
     with torch.no_grad():
         assert torch.allclose(paper(x), landmarks)
+
+
+def test_head_noise_moves_only_the_heads_and_only_in_training():
+    torch.manual_seed(0)
+    model = MobileNetL(MODELS["mobilenet_l"])
+    model.head_noise = 0.2
+    features = torch.randn(64, 3, 8, 8) * torch.tensor([0.1, 1.0, 10.0]).view(1, 3, 1, 1)
+    moved = (model.train()._noisy(features) - features).transpose(0, 1).reshape(3, -1).std(dim=1)
+    assert torch.allclose(moved, torch.tensor([0.02, 0.2, 2.0]), rtol=0.1)  # a fifth of each channel's spread
+    assert torch.equal(model.eval()._noisy(features), features)
+    # trained landmark weights: a random network's pooled features hardly vary between inputs
+    model.load_state_dict(load(CHECKPOINT)["model"], strict=False)
+    x = torch.randn(4, 3, 256, 256)
+    with torch.no_grad():
+        clean = model.eval()(x, logits=True)
+        model.freeze_landmarks()
+        model.train()  # frozen: batch norm keeps its statistics, so only the noise can change an output
+        noisy = model(x, logits=True)
+    assert torch.equal(noisy[0], clean[0])  # the landmarks never see the noise
+    assert not torch.equal(noisy[1], clean[1]) and not torch.equal(noisy[2], clean[2])
 
 
 def test_visibility_target_from_a_hand_made_mask():

@@ -57,13 +57,14 @@ class Recipe:
     # heads did (the A/B's no-negatives arm), so they are added now; the A/B control replaced them.
     negatives_extra: bool = True
     head_weight: float = 1.0  # weight of each head's cross-entropy beside the landmark loss
+    head_noise: float = 0.2  # noise on the heads' inputs (MobileNetL.head_noise): they must survive INT8
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 # What training did before the recipe existed (checkpoints without one were trained like this).
-LEGACY_RECIPE = Recipe(photometric=0.0, textured=0.0, labels="raw", negatives=0.0)
+LEGACY_RECIPE = Recipe(photometric=0.0, textured=0.0, labels="raw", negatives=0.0, head_noise=0.0)
 
 
 def label_disagreement(landmarks: np.ndarray, mirrored: np.ndarray) -> np.ndarray:

@@ -188,6 +188,10 @@ class MobileNetL(nn.Module):
             self.visibility = nn.Sequential(nn.Linear(features + spatial, 128), _act(hs),
                                             nn.Linear(128, config.num_landmarks))
             self.face = nn.Sequential(nn.Linear(features, 64), _act(hs), nn.Linear(64, 1))
+        # Training only: Gaussian noise on the heads' inputs, this fraction of each channel's spread in the batch.
+        # An INT8 engine moves these features by about a fifth of their spread (README, heads section); heads trained on
+        # exact features turn that into flipped decisions.
+        self.head_noise = 0.0
         self._init_weights()
 
     def freeze_landmarks(self) -> None:
@@ -229,11 +233,19 @@ class MobileNetL(nn.Module):
         landmarks = self.fc(s).view(-1, self.config.num_landmarks, 2)
         if not self.config.heads:
             return landmarks
+        s, s1_map = self._noisy(s), self._noisy(s1_map)
         vis = self.visibility(torch.cat([s, self.vis_map(s1_map).flatten(1)], dim=1))
         face = self.face(s).squeeze(1)
         if logits:
             return landmarks, vis, face
         return landmarks, torch.sigmoid(vis), torch.sigmoid(face)
+
+    def _noisy(self, x: torch.Tensor) -> torch.Tensor:
+        """x with the training-time head noise (``head_noise``), per channel; x itself in eval mode."""
+        if not (self.training and self.head_noise):
+            return x
+        spread = x.detach().std(dim=[0, *range(2, x.dim())], keepdim=True)
+        return x + torch.randn_like(x) * spread * self.head_noise
 
 
 def landmarks_of(output) -> torch.Tensor:

@@ -219,6 +219,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "chance (the A/B's control) (default: %(default)s)")
     ap.add_argument("--head-weight", type=float, default=defaults.head_weight,
                     help="weight of each head's loss beside the landmark loss (default: %(default)s)")
+    ap.add_argument("--head-noise", type=float, default=defaults.head_noise,
+                    help="Gaussian noise on the heads' inputs while training, as a fraction of each feature's "
+                         "spread, so they survive an INT8 engine's feature error (default: %(default)s)")
     ap.add_argument("--patience", type=int,
                     help="stop when validation NMSE has not improved for this many epochs")
     ap.add_argument("--epochs", type=int, default=20, help="epochs (default: %(default)s)")
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.update({k: v for k, v in (("batch", args.batch), ("lr", args.lr), ("loss", args.loss)) if v is not None})
     recipe = Recipe(photometric=args.photometric, textured=args.textured, labels=args.labels,
                     negatives=args.negatives, negatives_extra=args.negatives_mode == "extra",
-                    head_weight=args.head_weight)
+                    head_weight=args.head_weight, head_noise=args.head_noise)
     config = ABLATIONS[args.variant] if args.variant else MODELS[args.model]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -270,13 +273,14 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"{last_path}: a run of {variant_name(saved)!r}, not {variant_name(config)!r}; resume it "
                              f"with the same --model/--variant or train this one in another --out")
         # the run goes on as it started, whatever the flags say now
-        # runs from before negatives_extra replaced their faces
+        # keys the run's recipe predates take the values it ran with
         cfg = state["train_config"]
-        recipe = Recipe(**{"negatives_extra": False, **state.get("recipe", LEGACY_RECIPE.to_dict())})
+        recipe = Recipe(**{"negatives_extra": False, "head_noise": 0.0, **state.get("recipe", LEGACY_RECIPE.to_dict())})
     train_set, val = training_data(args.faces, args.limit, args.val_limit, args.seed, log, rank, world, recipe,
                                    negatives=config.heads, spread=args.spread)
 
     model = MobileNetL(config).to(device)
+    model.head_noise = recipe.head_noise
     if args.init and state is None:
         init = checkpoint.load(args.init)["model"]
         own = model.state_dict()
