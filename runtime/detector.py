@@ -10,7 +10,7 @@ import numpy as np
 from core.preprocess import Box, crop_face, ensure_bgr, output_to_image, read_image, to_input, whole_image_box
 
 from .backends import Backend, landmarks_output, load_backend
-from .faces import box_from_landmarks, box_overlap, detect_faces, load_detector
+from .faces import DETECT_MAX_SIDE, box_from_landmarks, box_overlap, detect_faces, load_detector
 
 # detect() with a model that has a face score: YuNet runs at CANDIDATE_SCORE instead of its own threshold, so
 # it proposes occluded faces it would drop, and the model keeps the candidates it scores >= FACE_SCORE_MIN,
@@ -92,7 +92,7 @@ class LandmarkDetector:
 
     def detect(self, image: np.ndarray | str | Path, detector: str = "auto", refine: bool = True,
                candidate_score: Optional[float] = CANDIDATE_SCORE,
-               min_face_score: float = FACE_SCORE_MIN) -> list[FaceLandmarks]:
+               min_face_score: float = FACE_SCORE_MIN, max_side: int = DETECT_MAX_SIDE) -> list[FaceLandmarks]:
         """Every face of an image (BGR/grey/BGRA array or a file), largest first.
 
         With a model that has a face score, YuNet proposes faces at ``candidate_score`` (below its own
@@ -100,11 +100,12 @@ class LandmarkDetector:
         occlusion that the detector alone drops (None: YuNet's own threshold, nothing dropped).
         ``refine``: predict again (REFINE_PASSES times) from the box the landmarks imply, the framing the
         model was trained on, instead of the detector's box.
+        ``max_side``: larger images are shrunk to this longest side for the face detector only.
         """
         image = read_image(image) if isinstance(image, (str, Path)) else ensure_bgr(image)
         detector = load_detector(detector)
         confirm = self.has_heads and detector == "yunet" and candidate_score is not None
-        boxes = detect_faces(image, detector, candidate_score if confirm else None)
+        boxes = detect_faces(image, detector, candidate_score if confirm else None, max_side)
         faces = self.predict_faces([image] * len(boxes), boxes)
         for _ in range(REFINE_PASSES if refine else 0):
             if confirm:

@@ -28,8 +28,9 @@ from core.preprocess import Box, ensure_bgr
 
 DETECTORS = ("auto", "yunet", "dlib", "haar")
 
-# Frames larger than this (longest side, px) are shrunk before detection: detection cost grows with the
-# pixel count, and faces smaller than about 1/20 of the frame side are too small to landmark well.
+# Images larger than this (longest side, px) are shrunk before detection: detection cost grows with the
+# pixel count, and faces smaller than about 1/20 of the image side are too small to landmark well. Video
+# detects at a smaller side, for speed (runtime.tracking.VIDEO_DETECT_MAX_SIDE).
 DETECT_MAX_SIDE = 640
 
 # YuNet-n (OpenCV's cv2.FaceDetectorYN), Apache-2.0: runtime/models/yunet/README.md says where it came from.
@@ -85,19 +86,23 @@ def load_detector(detector: str = "auto") -> str:
     return detector
 
 
-def detect_faces(image_bgr: np.ndarray, detector: str = "auto", min_score: Optional[float] = None) -> List[Box]:
+def detect_faces(image_bgr: np.ndarray, detector: str = "auto", min_score: Optional[float] = None,
+                 max_side: int = DETECT_MAX_SIDE) -> List[Box]:
     """Face boxes (x0, y0, x1, y1) in image pixels, dlib-framed, largest first; [] when there is no face.
 
     ``detector``: "auto" (YuNet), "yunet", "dlib" or "haar". Accepts BGR, grayscale or BGRA uint8 images.
     ``min_score``: YuNet's confidence threshold (default YUNET_SCORE); lower finds more occluded faces and
     more false ones (LandmarkDetector.detect confirms them with the model's face score). YuNet only.
+    ``max_side``: larger images are shrunk to this longest side for detection (faster; small faces lost).
     """
     detector = load_detector(detector)
     if min_score is not None and detector != "yunet":
         raise ValueError(f"min_score is YuNet's confidence threshold; detector {detector!r} has none")
+    if max_side < 32:
+        raise ValueError(f"max_side must be at least 32 px, got {max_side}")
     image = ensure_bgr(image_bgr)
     # shrink big frames; boxes are scaled back below
-    f = min(1.0, DETECT_MAX_SIDE / max(image.shape[:2]))
+    f = min(1.0, max_side / max(image.shape[:2]))
     small = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1.0 else image
     boxes = raw_boxes(small, detector, min_score)
     if detector in CORRECTIONS:

@@ -48,8 +48,8 @@ from core.progress import Progress
 from core.schema import GROUPS
 
 from .detector import VISIBLE, LandmarkDetector
-from .faces import DETECTORS, load_detector
-from .tracking import OneEuro
+from .faces import DETECT_MAX_SIDE, DETECTORS, load_detector
+from .tracking import VIDEO_DETECT_MAX_SIDE, OneEuro
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
@@ -254,8 +254,9 @@ def stop_on_sigterm() -> None:
 
 
 def run_stream(det: LandmarkDetector, spec: str, out: Path, detector: str, whole: bool,
-               max_frames: int | None, show_fps: bool, smoothing: OneEuro | None, detect_every: int) -> tuple[dict, int]:
-    """Annotate every frame of a video, camera or pipeline into OUT/<name>.mp4, tracking faces."""
+               max_frames: int | None, show_fps: bool, tracker_options: dict) -> tuple[dict, int]:
+    """Annotate every frame of a video, camera or pipeline into OUT/<name>.mp4, tracking faces
+    (``tracker_options``: LandmarkDetector.tracker's)."""
     cap, name = open_stream(spec)
     is_file = "!" not in spec and not spec.isdigit()
     fps = cap.get(cv2.CAP_PROP_FPS)
@@ -267,8 +268,7 @@ def run_stream(det: LandmarkDetector, spec: str, out: Path, detector: str, whole
     if tmp.exists():
         print(f"removing {tmp}, left by an earlier run that was killed")
         tmp.unlink()
-    tracker = None if whole else det.tracker(detector=detector, smoothing=smoothing, fps=fps,
-                                            detect_every=detect_every)
+    tracker = None if whole else det.tracker(detector=detector, fps=fps, **tracker_options)
     writer, frames, no_face = None, [], []
     window = collections.deque(maxlen=30)  # (faces, seconds) of the last frames: a rate that follows the scene
     n_faces, busy, done = 0, 0.0, 0
@@ -361,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detect-every", type=int, default=30, metavar="N",
                     help="video: run the face detector every N frames to find new faces (tracked faces need no "
                          "detection; it also runs when a track is lost) (default: %(default)s)")
+    ap.add_argument("--detect-max-side", type=int, default=VIDEO_DETECT_MAX_SIDE, metavar="PX",
+                    help="video: frames are shrunk to this longest side for the face detector; larger finds smaller "
+                         "faces and costs more per detection frame (default: %(default)s; still images: "
+                         f"{DETECT_MAX_SIDE})")
     ap.add_argument("--no-smoothing", action="store_true", help="video: raw landmarks, no One Euro filter")
     ap.add_argument("--min-cutoff", type=float, default=OneEuro.min_cutoff,
                     help="video: the face shape's One Euro cutoff at rest in Hz; lower = steadier (default: %(default)s)")
@@ -392,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         if stream:
             smoothing = None if args.no_smoothing else OneEuro(min_cutoff=args.min_cutoff, beta=args.beta)
             doc, status = run_stream(det, spec, args.out, detector, args.whole, args.max_frames, args.show_fps,
-                                     smoothing, args.detect_every)
+                                     {"smoothing": smoothing, "detect_every": args.detect_every,
+                                      "detect_max_side": args.detect_max_side})
         else:
             doc, status = run_images(det, image_files(path), args.out, detector, args.whole)
     except (InputError, ImageError, FileNotFoundError, ValueError, RuntimeError) as e:

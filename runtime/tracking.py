@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from .detector import LandmarkDetector
 
 SAME_FACE_IOU = 0.4  # a detection overlapping a track this much is that track's face
+# Detection frames shrink the frame to this longest side for the face detector (images use DETECT_MAX_SIDE):
+# YuNet's cost grows with the pixels, and a detection frame must not stall the video (docs/end_to_end.md).
+VIDEO_DETECT_MAX_SIDE = 480
 
 
 @dataclass
@@ -145,12 +148,13 @@ class FaceTracker:
     ``detector``: the face detector of detection frames; ``detect_every``: frames between detections
     (new faces appear at most that late); ``lost_score``: a track whose face score falls below it ends
     (models with heads); ``smoothing``: OneEuro parameters, or None for raw landmarks; ``fps``: the frame
-    rate assumed when update() gets no timestamp; ``max_faces``: the most faces tracked (largest kept).
+    rate assumed when update() gets no timestamp; ``max_faces``: the most faces tracked (largest kept);
+    ``detect_max_side``: the longest side frames are shrunk to for the face detector.
     """
 
     def __init__(self, landmarker: "LandmarkDetector", detector: str = "auto", detect_every: int = 30,
                  lost_score: float = 0.5, smoothing: Optional[OneEuro] = OneEuro(), fps: float = 30.0,
-                 max_faces: Optional[int] = None):
+                 max_faces: Optional[int] = None, detect_max_side: int = VIDEO_DETECT_MAX_SIDE):
         if detect_every < 1:
             raise ValueError(f"detect_every must be at least 1, got {detect_every}")
         if fps <= 0:
@@ -158,7 +162,7 @@ class FaceTracker:
         self.landmarker = landmarker
         self.detector = load_detector(detector)
         self.detect_every, self.lost_score, self.smoothing = detect_every, lost_score, smoothing
-        self.fps, self.max_faces = fps, max_faces
+        self.fps, self.max_faces, self.detect_max_side = fps, max_faces, detect_max_side
         self.tracks: List[Track] = []
         self.frame_index = -1
         self.last_detection = None  # frame index of the last detection
@@ -212,7 +216,7 @@ class FaceTracker:
     def _detect(self, frame: np.ndarray) -> set:
         """Detect; start tracks for faces no track covers; without a face score, end tracks no face covers."""
         self.last_detection = self.frame_index
-        found = self.landmarker.detect(frame, self.detector)
+        found = self.landmarker.detect(frame, self.detector, max_side=self.detect_max_side)
         if not self.landmarker.has_heads:  # no face score: detection is the only evidence a face is there
             self.tracks = [t for t in self.tracks if any(box_iou(t.face.box, f.box) >= SAME_FACE_IOU for f in found)]
         new = [f for f in found if all(box_iou(f.box, t.face.box) < SAME_FACE_IOU for t in self.tracks)]

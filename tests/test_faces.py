@@ -9,7 +9,7 @@ import pytest
 
 from core.preprocess import read_image
 from runtime import faces
-from runtime.faces import detect_faces
+from runtime.faces import box_iou, detect_faces
 from tests.conftest import FACES, needs_data
 
 needs_haar = pytest.mark.skipif(not faces.haar_available(),
@@ -67,6 +67,21 @@ def test_boxes_are_in_full_resolution_pixels_of_a_large_frame(detector):
     expected = np.array(small) * 2 + [900, 300, 900, 300]
     side = small[2] - small[0]
     assert np.abs(np.array(box) - expected).max() < 0.25 * 2 * side
+
+
+@needs_data
+def test_a_smaller_detection_side_finds_the_face_at_full_scale_and_too_small_faces_are_lost():
+    image = real_faces()[0]
+    frame = np.full((480, 640, 3), 40, np.uint8)
+    frame[100:100 + image.shape[0], 200:200 + image.shape[1]] = image
+    full, shrunk = detect_faces(frame, max_side=640)[0], detect_faces(frame, max_side=320)[0]
+    assert box_iou(full, shrunk) > 0.8
+    small = cv2.resize(image, None, fx=0.2, fy=0.2, interpolation=cv2.INTER_AREA)  # a face box of ~25 px
+    frame = np.full((480, 640, 3), 40, np.uint8)
+    frame[200:200 + small.shape[0], 300:300 + small.shape[1]] = small
+    assert detect_faces(frame, max_side=640) and not detect_faces(frame, max_side=320)
+    with pytest.raises(ValueError, match="max_side"):
+        detect_faces(frame, max_side=16)
 
 
 @pytest.mark.parametrize("detector", DETECTORS)

@@ -203,6 +203,18 @@ def test_smoothing_steadies_a_still_face_follows_a_moving_one_and_holds_hidden_p
     assert err[:, 34:].mean() < err[:, :34].mean()
 
 
+@needs_data
+def test_the_tracker_detects_at_its_own_frame_side(onnx_model, faces_val):
+    import cv2
+
+    small = cv2.resize(read_image(FACES / faces_val[0].path), None, fx=0.2, fy=0.2, interpolation=cv2.INTER_AREA)
+    frame = np.full((480, 640, 3), 40, np.uint8)  # a face box of about 25 px: found at 640, lost at 320
+    frame[200:200 + small.shape[0], 300:300 + small.shape[1]] = small
+    det = LandmarkDetector(onnx_model)
+    assert det.tracker(detect_max_side=640).update(frame)
+    assert det.tracker(detect_max_side=320).update(frame) == []
+
+
 def test_tracker_arguments_are_checked(onnx_model):
     det = LandmarkDetector(onnx_model)
     with pytest.raises(ValueError, match="detect_every"):
@@ -226,6 +238,12 @@ def test_end_to_end_command_reports_every_pipeline_and_condition(onnx_model, tmp
     assert pipelines["detect"]["clean"]["found"] == 1.0 and pipelines["detect"]["clean"]["failure"] == 0.0
     assert set(pipelines["detect"]) == {"clean", "10-20", "30-40", "40-50", "50-60", "center25", "textured"}
     assert (tmp_path / "e2e.json").is_file()
+    # the same faces placed in a camera-sized frame: the ground truth moves with them
+    placed = main(["--model", str(onnx_model), "--split", "val", "--limit", "2", "--frame", "640x480",
+                   "--face-size", "120", "--pipelines", "oracle", "detect", "--max-side", "320"])["pipelines"]
+    assert set(placed) == {"oracle", "detect"} and placed["detect"]["clean"]["found"] == 1.0
+    before, after = pipelines["oracle"]["clean"]["nmse_found"], placed["oracle"]["clean"]["nmse_found"]
+    assert abs(after - before) < 0.25 * before
 
 
 @needs_data
