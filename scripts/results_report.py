@@ -233,7 +233,28 @@ def paper_gap(ours: dict) -> str:
     return "\n".join(lines)
 
 
+def landmark_training(state: dict) -> dict:
+    """The training record of a checkpoint's landmark network: its own, or, for heads trained on a frozen
+    network, that of the checkpoint it started from."""
+    return state["init"] if state.get("heads_only") else state
+
+
+def heads_paragraph(state: dict) -> str:
+    """How the heads of a heads-only checkpoint were trained."""
+    history = state["history"]
+    best = max(history, key=lambda h: h["val_nmse"]["visibility_auc"])
+    return (f"\n**Heads.** The visibility and face-score heads were trained afterwards on this frozen network "
+            f"(`python -m train.train --heads-only --init {state['init']['path']} --epochs {len(history)}`, head noise "
+            f"{state['recipe'].get('head_noise', 0.0)}): {len(history)} epochs in "
+            f"{sum(h['seconds'] for h in history) / 60:.0f} min, best validation visibility AUC "
+            f"{best['val_nmse']['visibility_auc']:.3f} (epoch {best['epoch']}), face-score AUC "
+            f"{best['val_nmse']['face_score_auc']:.3f}; every landmark weight and batch-norm statistic is the "
+            f"network's above, so its landmarks are too.\n")
+
+
 def training_section(state: dict) -> str:
+    heads = heads_paragraph(state) if state.get("heads_only") else ""
+    state = landmark_training(state)
     history = state["history"]
     best = min(history, key=lambda h: h["val_nmse"]["all"])
     last4 = [h["val_nmse"]["all"] for h in history[-4:]]
@@ -258,7 +279,7 @@ lr 6.9e-4 from epoch 17 (a warm restart: validation NMSE first rose, then fell a
 NMSE {best['val_nmse']['all']:.3f} at epoch {best['epoch']} (validation: the teacher-labelled val split, clean,
 under the centre square and under two seeded synthetic masks; the Liu et al. masks are kept for the test).
 {trend}
-
+{heads}
 ![training curve](img/training_curve.png)
 """
 
@@ -287,6 +308,7 @@ One seed each and a short budget: a small-budget A/B, not a full-length one.
 def undertrained_note(ablation: dict[str, dict], state: dict | None) -> str:
     """Say so when the control run is far from the committed model: then no variant has learned enough to rank."""
     full = ablation.get("full", {}).get("budget")  # seed 0's; every seed of a variant has the same budget
+    state = state and landmark_training(state)
     if state is None or not full or full["best_val_nmse"] <= 2 * state["best_val_nmse"]:
         return ""
     return (f"\n**At this budget the ablation measures nothing yet.** The `full` control reached validation NMSE "
@@ -378,7 +400,7 @@ test set on its own hardware, so compare the ratios, not the seconds.
 """ + (f"\nFAN* here is the checkpoint of epoch {fan_budget['evaluated_epoch']} of {fan_budget['epochs']} on "
        f"{fan_budget['train_faces']} training faces.\n" if fan_budget else ""))
     if methods.get("FAN*", {}).get("budget") and state is not None:
-        out.append(fan_note(methods["FAN*"]["budget"], state["best_val_nmse"], ablation.get("full", {}).get("budget")))
+        out.append(fan_note(methods["FAN*"]["budget"], landmark_training(state)["best_val_nmse"], ablation.get("full", {}).get("budget")))
     out.append(f"""## Frontal faces (cf. paper Table 3)
 
 {nmse_table(methods, "frontal")}
@@ -419,7 +441,7 @@ the variant lands on the same side of every seed of the control.
 {ablation_table(ablation)}
 
 These are **reduced-budget runs** (epochs and training faces above, against the committed model's
-{len(state['history']) if state else '?'} epochs on {state['train_faces'] if state else '?'} faces); gains may change
+{len(landmark_training(state)['history']) if state else '?'} epochs on {landmark_training(state)['train_faces'] if state else '?'} faces); gains may change
 with the full budget.
 {undertrained_note(ablation, state)}""")
     if doc.get("candidates"):
@@ -484,7 +506,7 @@ def main(argv: list[str] | None = None) -> dict:
     state = None
     if args.checkpoint.is_file():  # the training curve and examples are MobileNet-L's
         state = checkpoint.load(args.checkpoint)
-        curve(state["history"], img / "training_curve.png")
+        curve(landmark_training(state)["history"], img / "training_curve.png")
         examples(checkpoint.load_model(args.checkpoint), args.faces, args.masks, img / "examples.png")
     if doc["methods"]:
         occlusion_plot(doc["methods"], img / "nmse_vs_occlusion.png")

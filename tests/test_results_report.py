@@ -195,3 +195,21 @@ def test_candidates_section_shows_targets_and_heads():
     assert "*≤ 3.5*" in md and "*≤ 10.5*" in md  # the targets
     assert "| new | visibility AUC | 0.951 |" in md and "0.999" in md  # AUCs with three digits
     assert "| old | visibility" not in md  # no heads, no head rows
+
+
+def test_a_heads_only_checkpoint_reports_the_training_of_its_landmark_network():
+    from scripts.results_report import landmark_training, training_section
+
+    def epoch(i, nmse, auc=None):
+        val = {"all": nmse, **({"visibility_auc": auc, "face_score_auc": 0.998} if auc else {})}
+        return {"epoch": i, "val_nmse": val, "seconds": 600.0}
+
+    landmarks = {"history": [epoch(i, 10.0 - i) for i in range(1, 7)], "train_faces": 14027, "preset": "default",
+                 "train_config": {"lr": 0.002}, "best_val_nmse": 4.0}
+    heads = {"heads_only": True, "init": {**landmarks, "path": "weights/old.pt"}, "recipe": {"head_noise": 0.2},
+             "history": [epoch(1, 7.79, 0.91), epoch(2, 7.79, 0.94), epoch(3, 7.79, 0.93)], "best_val_nmse": 7.79}
+    assert landmark_training(heads)["history"] == landmarks["history"] and landmark_training(landmarks) is landmarks
+    md = training_section(heads)
+    assert "6 epochs in 60 min" in md and "best validation\nNMSE 4.000 at epoch 6" in md  # the landmark network's
+    assert "--init weights/old.pt --epochs 3" in md and "AUC 0.940 (epoch 2)" in md and "head noise 0.2" in md
+    assert "**Heads.**" not in training_section(landmarks)

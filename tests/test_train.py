@@ -94,4 +94,9 @@ def test_heads_only_training_keeps_the_landmark_network_exactly(small_faces, tmp
     assert all(torch.equal(before[k], after[k]) for k in after if k not in heads)
     vals = [h["val_nmse"]["all"] for h in result["history"]]
     assert vals[0] == vals[1]  # the landmarks cannot change
-    assert torch.load(out / "last.pt", weights_only=True)["heads_only"] is True
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert saved["heads_only"] is True
+    # the starting network's own training record travels with it
+    started = checkpoint.load(start / "last.pt")
+    assert saved["init"]["history"] == started["history"] and saved["init"]["path"] == str(start / "last.pt")
+    assert len(saved["init"]["sha256"]) == 64 and saved["history"] != started["history"]

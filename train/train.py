@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from core.data import DEFAULT_FACES, labels_path, load_labels, read_split
-from core.files import atomic_write_bytes, check_output_path
+from core.files import atomic_write_bytes, check_output_path, sha256_file
 from core.metrics import nmse_per_face, roc_auc
 from core.preprocess import INPUT_SIZE
 
@@ -160,6 +160,10 @@ def training_data(faces: Path, limit: int | None, val_limit: int | None, seed: i
     return train_set, validation_batches(CropCache(faces, val_labels, val_tag))
 
 
+# What a run started with --init keeps of that checkpoint, under "init" (with its path and sha256).
+INIT_RECORD_KEYS = ("epoch", "history", "best_val_nmse", "heads_only", "preset", "train_config", "recipe", "train_faces", "init")
+
+
 def landmark_selection(val: dict) -> float:
     """What best.pt minimises: the validation NMSE over all kinds of samples."""
     return val["all"]
@@ -168,6 +172,11 @@ def landmark_selection(val: dict) -> float:
 def heads_selection(val: dict) -> float:
     """What best.pt minimises when only the heads train (the landmarks cannot change): 1 - visibility AUC."""
     return 1.0 - val["visibility_auc"]
+
+
+def best_val_nmse(history: list[dict], select: Callable[[dict], float]) -> float:
+    """The validation landmark NMSE of the epoch ``select`` ranks best (inf before the first epoch)."""
+    return min(history, key=lambda h: select(h["val_nmse"]))["val_nmse"]["all"] if history else float("inf")
 
 
 def record_epoch(out: Path, model: torch.nn.Module, format: str, opt: torch.optim.Optimizer, history: list[dict],
@@ -179,7 +188,9 @@ def record_epoch(out: Path, model: torch.nn.Module, format: str, opt: torch.opti
     history.append(record)
     improved = select(val) < best
     best = min(best, select(val))
-    meta = dict(epoch=epoch + 1, history=history, best_val_nmse=best, **meta)
+    # best_val_nmse is always the landmark NMSE of the best epoch; best_selection what best.pt minimises
+    meta = dict(epoch=epoch + 1, history=history, best_val_nmse=best_val_nmse(history, select), best_selection=best,
+                **meta)
     if improved:
         checkpoint.save(out / "best.pt", model, format, **meta)
     checkpoint.save(out / "last.pt", model, format, optimizer=opt.state_dict(), **meta)
@@ -281,12 +292,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = MobileNetL(config).to(device)
     model.head_noise = recipe.head_noise
+    init_record = None if state is None else state.get("init")  # what the run started from, kept when resumed
     if args.init and state is None:
-        init = checkpoint.load(args.init)["model"]
+        init = checkpoint.load(args.init)
         own = model.state_dict()
-        fits = {k: v for k, v in init.items() if k in own and own[k].shape == v.shape}
+        fits = {k: v for k, v in init["model"].items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(fits, strict=False)
         log(f"initialised {len(fits)} of {len(own)} tensors from {args.init}")
+        # its own training record travels on: a heads-only model's landmark network was trained there
+        init_record = {"path": str(args.init), "sha256": sha256_file(args.init),
+                       **{k: init[k] for k in INIT_RECORD_KEYS if k in init}}
     heads_only = args.heads_only if state is None else state.get("heads_only", False)
     if heads_only:
         if not config.heads:
@@ -301,7 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        start_epoch, history, best = state["epoch"], state["history"], state["best_val_nmse"]
+        # runs from before best_selection existed stored the selection value as best_val_nmse
+        start_epoch, history, best = state["epoch"], state["history"], state.get("best_selection", state["best_val_nmse"])
         log(f"resumed {last_path} at epoch {start_epoch}, best val NMSE {best:.3f}")
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
@@ -320,18 +336,19 @@ def main(argv: list[str] | None = None) -> dict:
         out = net(batch["x"], logits=True) if config.heads else net(batch["x"])
         return training_loss(out, batch, cfg["loss"], recipe.head_weight)
 
+    select = heads_selection if heads_only else landmark_selection
     history, best = fit(
         net, opt, loader, train_set, schedule=cfg, epochs=args.epochs, start_epoch=start_epoch, seed=args.seed,
         step_loss=step_loss, validate_epoch=lambda: validate(model, val, device=device),
         record=lambda epoch, losses, scores, t0, best: record_epoch(
             args.out, model, checkpoint.FORMAT, opt, history, best, epoch, losses, scores, t0, log,
-            select=heads_selection if heads_only else landmark_selection, heads_only=heads_only,
-            preset=args.preset, train_config=cfg, recipe=recipe.to_dict(), world_size=world,
+            select=select, heads_only=heads_only,
+            preset=args.preset, train_config=cfg, recipe=recipe.to_dict(), world_size=world, init=init_record,
             train_faces=train_set.faces, args={k: str(v) for k, v in vars(args).items()}),
         history=history, best=best, log=log, patience=args.patience, rank=rank, world=world, sampler=sampler)
     if world > 1:
         dist.destroy_process_group()
-    return {"history": history, "best_val_nmse": best}
+    return {"history": history, "best_val_nmse": best_val_nmse(history, select), "best_selection": best}
 
 
 if __name__ == "__main__":
