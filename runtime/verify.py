@@ -38,9 +38,12 @@ from .golden import Golden
 EXIT_OUTSIDE_BOUND, EXIT_CANNOT_RUN = 1, 2
 DEFAULT_BOUNDS = {"fp32": 0.01, "fp16": 0.05, "int8": 0.30}  # |ΔNMSE| in NMSE percentage points
 # Heads, per precision: (max |Δ probability| of visibility and face score, min visible/hidden agreement).
-# Measured on the epoch-3 checkpoint of the heads model (200 test faces x 6 conditions): FP16 0.0024 and
-# 0.9998, INT8 0.186 and 0.981 (the heads stay float; the backbone's INT8 error moves them).
-HEAD_BOUNDS = {"fp32": (1e-3, 0.999), "fp16": (0.02, 0.995), "int8": (0.25, 0.97)}
+# The heads stay float; the backbone's FP16/INT8 error moves them. The largest difference is set by a few
+# faces whose INT8 landmarks move 20+ px (which the landmark bound allows): over four heads models on the 192
+# val and 200 golden test faces (1,200-1,344 crops, 68 points each) it ranged 0.19-0.33 for INT8 and 0.002-0.028
+# for FP16, so these bounds sit above that; the agreement is what catches heads that decide differently
+# (INT8: 0.968-0.981 measured). An inverted or swapped head gives differences near 1 and fails both.
+HEAD_BOUNDS = {"fp32": (1e-3, 0.999), "fp16": (0.05, 0.995), "int8": (0.4, 0.97)}
 
 
 def to_image(pred: np.ndarray, matrices: np.ndarray) -> np.ndarray:

@@ -18,13 +18,21 @@ COND = list(CONDITIONS)
 
 
 def parity_table(verify: dict) -> str:
-    lines = ["| model | precision | bound | " + " | ".join(f"ΔNMSE {c}" for c in COND) + " | max dev px | pass |",
+    lines = ["| model | precision | bound | " + " | ".join(f"ΔNMSE {c}" for c in COND) + " | max dev px | pass (all checks) |",
              "|---" * (len(COND) + 5) + "|"]
     for path, m in verify["models"].items():
         c = m["conditions"]
         lines.append(f"| `{Path(path).name}` | {m['precision']} | {m['bound']} | "
                      + " | ".join(f"{c[k]['delta_nmse']:+.4f}" for k in COND)
                      + f" | {max(v['max_dev_px'] for v in c.values()):.3f} | {'yes' if m['pass'] else 'NO'} |")
+    heads = [(path, m) for path, m in verify["models"].items() if "max_prob_diff" in m]
+    if heads:
+        lines += ["", "Heads (visibility and face score): the largest probability difference from the reference and the "
+                  "share of points whose visible/hidden call at 0.5 agrees, over every condition, with their bounds.", "",
+                  "| model | precision | max Δp | bound | agreement | bound | pass |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| `{Path(path).name}` | {m['precision']} | {m['max_prob_diff']:.4f} | {m['prob_bound']} | "
+                  f"{m['min_visibility_agreement']:.4f} | {m['agreement_bound']} | {'yes' if m['pass'] else 'NO'} |"
+                  for path, m in heads]
     first = next(iter(verify["models"].values()))["conditions"]
     lines += ["", "Reference (PyTorch) NMSE on the same samples: "
               + ", ".join(f"{k} {first[k]['nmse_reference']:.2f}" for k in COND)
