@@ -30,6 +30,31 @@ def test_heads_shapes_and_ranges():
         assert torch.allclose(paper(x), landmarks)
 
 
+@pytest.mark.parametrize("tap, side", [(2, 32), (7, 16)])
+def test_visibility_from_a_finer_backbone_map_exports_and_matches(tap, side, tmp_path):
+    from dataclasses import replace
+
+    from export.export_onnx import export_onnx
+    from runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    torch.manual_seed(0)
+    config = replace(MODELS["mobilenet_l"], vis_tap=tap, vis_channels=2)
+    model = MobileNetL(config).eval()
+    assert model.visibility[0].in_features == 320 + 2 * side * side  # pooled S1/S2/S3 + the tapped map
+    plain = MobileNetL(MODELS["mobilenet_l"]).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k.split(".")[0] not in ("vis_map", "visibility")},
+                          strict=False)
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        out = model(x)
+        assert torch.equal(out[0], plain(x)[0])  # the tap changes only what the visibility head sees
+    export_onnx(model, tmp_path / "tap.onnx")
+    got = OnnxRuntimeBackend(tmp_path / "tap.onnx").run(x.numpy())
+    assert np.abs(got["visibility"] - out[1].numpy()).max() < 1e-4
+    with pytest.raises(ValueError, match="vis_tap"):
+        MobileNetL(replace(config, vis_tap=11))
+
+
 def test_head_noise_moves_only_the_heads_and_only_in_training():
     torch.manual_seed(0)
     model = MobileNetL(MODELS["mobilenet_l"])

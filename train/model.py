@@ -13,6 +13,7 @@ small heads on the same S1/S2/S3 features: per-landmark visibility and a face sc
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -67,7 +68,10 @@ class ModelConfig:
     # Visibility and face-score heads. Off is the paper's network; checkpoints written before the heads
     # existed lack the key and so load as that.
     heads: bool = False
-    vis_channels: int = 8  # the S1 map (8x8) reduced to this many channels feeds the visibility head
+    vis_channels: int = 8  # the visibility head's map reduced to this many channels feeds it
+    # The map the visibility head sees: -1 the S1 map (8x8); k >= 0 the output of backbone block k, finer
+    # (block 2: 32x32, block 7: 16x16), since a point under a thin stroke is invisible to an 8x8 cell.
+    vis_tap: int = -1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -183,8 +187,17 @@ class MobileNetL(nn.Module):
         if config.heads:
             # Visibility needs to know where things are, which the pooled vector blurs: it also sees the
             # S1 map (8x8) reduced to a few channels.
-            self.vis_map = nn.Conv2d(config.s1, config.vis_channels, 1)
-            spatial = config.vis_channels * (config.input_size // 32) ** 2
+            if not -1 <= config.vis_tap < len(blocks):
+                raise ValueError(f"vis_tap must be -1 (the S1 map) or a block index below {len(blocks)}, "
+                                 f"got {config.vis_tap}")
+            if config.vis_tap >= 0:
+                tap = blocks[config.vis_tap]
+                stride = 2 * math.prod(b.stride for b in blocks[:config.vis_tap + 1])  # the stem halves too
+                tap_channels, side = tap.out, config.input_size // stride
+            else:
+                tap_channels, side = config.s1, config.input_size // 32
+            self.vis_map = nn.Conv2d(tap_channels, config.vis_channels, 1)
+            spatial = config.vis_channels * side ** 2
             self.visibility = nn.Sequential(nn.Linear(features + spatial, 128), _act(hs),
                                             nn.Linear(128, config.num_landmarks))
             self.face = nn.Sequential(nn.Linear(features, 64), _act(hs), nn.Linear(64, 1))
@@ -223,7 +236,9 @@ class MobileNetL(nn.Module):
         nn.init.constant_(self.fc.bias, 0.5)  # start at the crop centre
 
     def forward(self, x: torch.Tensor, logits: bool = False):
-        c1 = self.features(x)
+        tap = self.config.vis_tap + 1 if self.config.heads and self.config.vis_tap >= 0 else 0  # +1: the stem
+        early = self.features[:tap + 1](x) if tap else None
+        c1 = self.features[tap + 1:](early) if tap else self.features(x)
         c2 = self.conv_c2(c1)
         s1_map = self.s1(c1)
         s1 = self.pool(s1_map)
@@ -233,8 +248,8 @@ class MobileNetL(nn.Module):
         landmarks = self.fc(s).view(-1, self.config.num_landmarks, 2)
         if not self.config.heads:
             return landmarks
-        s, s1_map = self._noisy(s), self._noisy(s1_map)
-        vis = self.visibility(torch.cat([s, self.vis_map(s1_map).flatten(1)], dim=1))
+        s, vis_in = self._noisy(s), self._noisy(s1_map if early is None else early)
+        vis = self.visibility(torch.cat([s, self.vis_map(vis_in).flatten(1)], dim=1))
         face = self.face(s).squeeze(1)
         if logits:
             return landmarks, vis, face

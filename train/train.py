@@ -21,6 +21,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +38,7 @@ from . import checkpoint
 from .annotate import annotate
 from .dataset import LABEL_MODES, LEGACY_RECIPE, CropCache, Recipe, TrainSet, validation_batches
 from .loop import fit, open_run
-from .model import ABLATIONS, MODELS, MobileNetL, ModelConfig, landmarks_of, variant_name
+from .model import ABLATIONS, MOBILENET_L_BLOCKS, MODELS, MobileNetL, ModelConfig, landmarks_of, variant_name
 
 LOSSES = ("l1", "l2", "wing")
 PRESETS = {
@@ -210,6 +211,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="network: with visibility and face-score heads, or the paper's (default: %(default)s)")
     ap.add_argument("--variant", choices=list(ABLATIONS),
                     help="an ablation variant of the paper's network (Figure 9); overrides --model")
+    ap.add_argument("--vis-tap", type=int, default=ModelConfig.vis_tap, metavar="K",
+                    help="models with heads: the visibility head sees the output map of backbone block K (2: 32x32, "
+                         "7: 16x16) instead of the 8x8 S1 map (-1) (default: %(default)s)")
+    ap.add_argument("--vis-channels", type=int, default=ModelConfig.vis_channels, metavar="C",
+                    help="models with heads: channels that map is reduced to (default: %(default)s)")
     ap.add_argument("--init", type=Path, help="start from this checkpoint's weights (those that fit)")
     ap.add_argument("--heads-only", action="store_true",
                     help="train only the visibility and face-score heads on a frozen landmark network (from "
@@ -248,6 +254,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
+    if not -1 <= args.vis_tap < len(MOBILENET_L_BLOCKS):
+        ap.error(f"--vis-tap must be -1 or a block index 0-{len(MOBILENET_L_BLOCKS) - 1}, got {args.vis_tap}")
     try:  # now, not when the first epoch's checkpoint is written
         check_output_path(args.out, folder=True)
     except ValueError as e:
@@ -269,6 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
                     negatives=args.negatives, negatives_extra=args.negatives_mode == "extra",
                     head_weight=args.head_weight, head_noise=args.head_noise)
     config = ABLATIONS[args.variant] if args.variant else MODELS[args.model]
+    if config.heads:
+        config = replace(config, vis_tap=args.vis_tap, vis_channels=args.vis_channels)
     if args.threads:
         torch.set_num_threads(args.threads)
     random.seed(args.seed)
