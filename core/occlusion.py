@@ -88,8 +88,25 @@ def eval_mask(condition: str, masks_dir: Path | None, key: str, seed: int = 0) -
     return pick_liu_mask(masks_dir, TEXTURED_BIN if condition == TEXTURED else condition, key, seed)
 
 
-def random_training_mask(rng: np.random.Generator, size: int = INPUT_SIZE) -> np.ndarray | None:
-    """Synthetic occlusion: free-form strokes and blobs (0-60%), rectangles, the centre square, or none."""
+# Smooth noise at these (cell size in px, weight) scales, thresholded, makes fragment masks: coarse blobs with
+# fine ragged edges, holes and islands, the texture of the Liu et al. masks that thick strokes lack.
+FRAGMENT_SCALES = ((32, 1.0), (8, 0.6), (4, 0.3))
+
+
+def fragment_mask(rng: np.random.Generator, size: int = INPUT_SIZE) -> np.ndarray:
+    """Fragmented holes (5-60 % of the crop): thresholded multi-scale noise. 1 = kept, 0 = hole."""
+    noise = sum(w * cv2.resize(rng.random((size // cell, size // cell)).astype(np.float32), (size, size),
+                               interpolation=cv2.INTER_CUBIC) for cell, w in FRAGMENT_SCALES)
+    holes = noise > np.quantile(noise, 1 - rng.uniform(0.05, 0.6))
+    return 1.0 - holes.astype(np.float32)
+
+
+def random_training_mask(rng: np.random.Generator, size: int = INPUT_SIZE,
+                         fragments: float = 0.0) -> np.ndarray | None:
+    """Synthetic occlusion: free-form strokes and blobs (0-60%), rectangles, the centre square, or none;
+    with probability ``fragments`` a fragment mask instead (no random draw when 0, so old runs replay)."""
+    if fragments and rng.random() < fragments:
+        return fragment_mask(rng, size)
     kind = rng.choice(["clean", "freeform", "rectangle", "center"], p=[0.15, 0.6, 0.17, 0.08])
     if kind == "clean":
         return None

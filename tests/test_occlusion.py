@@ -53,3 +53,22 @@ def test_liu_masks_are_chosen_deterministically_and_in_bin():
     assert len(ids) > 10  # different faces get different masks
     assert eval_mask("clean", MASKS, "x")[1] is None
     assert eval_mask("center25", None, "x")[0] == "center25"
+
+
+def test_fragment_masks_are_fragmented_and_off_by_default():
+    import cv2
+
+    from core.occlusion import fragment_mask, random_training_mask
+
+    rng = np.random.default_rng(0)
+    masks = [fragment_mask(rng) for _ in range(20)]
+    assert all(0.04 <= coverage(m) <= 0.61 for m in masks)
+    pieces = [cv2.connectedComponents((m == 0).astype(np.uint8))[0] - 1 for m in masks]
+    assert np.median(pieces) > 5  # many separate holes, not one stroke
+    # fragments=0 draws nothing extra: the masks of earlier runs are replayed exactly
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(10):
+        x, y = random_training_mask(a), random_training_mask(b, fragments=0.0)
+        assert (x is None and y is None) or np.array_equal(x, y)
+    rng = np.random.default_rng(4)
+    assert sum(random_training_mask(rng, fragments=1.0) is not None for _ in range(10)) == 10

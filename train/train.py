@@ -226,6 +226,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="share of samples photometrically degraded (default: %(default)s)")
     ap.add_argument("--textured", type=float, default=defaults.textured,
                     help="share of occluded samples with textured instead of black holes (default: %(default)s)")
+    ap.add_argument("--fragments", type=float, default=defaults.fragments,
+                    help="share of training masks made of fragmented holes, like the Liu et al. masks, instead of "
+                         "strokes, blobs and rectangles (default: %(default)s)")
     ap.add_argument("--labels", choices=LABEL_MODES, default=defaults.labels,
                     help="doubtful teacher labels: keep (raw), average with the mirrored prediction, down-weight "
                          "or drop (default: %(default)s)")
@@ -275,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.update({k: v for k, v in (("batch", args.batch), ("lr", args.lr), ("loss", args.loss)) if v is not None})
     recipe = Recipe(photometric=args.photometric, textured=args.textured, labels=args.labels,
                     negatives=args.negatives, negatives_extra=args.negatives_mode == "extra",
-                    head_weight=args.head_weight, head_noise=args.head_noise)
+                    head_weight=args.head_weight, head_noise=args.head_noise, fragments=args.fragments)
     config = ABLATIONS[args.variant] if args.variant else MODELS[args.model]
     if config.heads:
         config = replace(config, vis_tap=args.vis_tap, vis_channels=args.vis_channels)
