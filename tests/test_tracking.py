@@ -208,11 +208,11 @@ def test_the_tracker_detects_at_its_own_frame_side(onnx_model, faces_val):
     import cv2
 
     small = cv2.resize(read_image(FACES / faces_val[0].path), None, fx=0.2, fy=0.2, interpolation=cv2.INTER_AREA)
-    frame = np.full((480, 640, 3), 40, np.uint8)  # a face box of about 25 px: found at 640, lost at 320
+    frame = np.full((480, 640, 3), 40, np.uint8)  # a face box of about 25 px: found at 640, lost at 160
     frame[200:200 + small.shape[0], 300:300 + small.shape[1]] = small
     det = LandmarkDetector(onnx_model)
     assert det.tracker(detect_max_side=640).update(frame)
-    assert det.tracker(detect_max_side=320).update(frame) == []
+    assert det.tracker(detect_max_side=160).update(frame) == []
 
 
 def test_tracker_arguments_are_checked(onnx_model):
