@@ -4,6 +4,7 @@ and digests."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -39,6 +40,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | Path, obj, indent: int | None = 1) -> None:
+    """A JSON artifact (report, summary, sidecar), written atomically, ending in a newline."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
 
 
 def _temp_targets(name: str) -> Iterator[str]:

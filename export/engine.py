@@ -6,13 +6,12 @@ version differences live in ``runtime.tensorrt_shim``.
 """
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.files import atomic_write_bytes, check_output_path, sha256_file
+from core.files import atomic_write_bytes, write_json, check_output_path, sha256_file
 from export.quantize import read_metadata
 from runtime import tensorrt_shim as shim
 from runtime.tensorrt_backend import sidecar_path
@@ -157,5 +156,5 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, precision: str, *,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_bytes(out_path, bytes(memoryview(plan)))
-    atomic_write_bytes(sidecar_path(out_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    write_json(sidecar_path(out_path), sidecar, indent=2)
     return sidecar

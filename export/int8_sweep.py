@@ -13,7 +13,6 @@ in export/quantize.py. This is how the stem was found (docs/deployment.md).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from core.files import atomic_write_bytes
+from core.files import write_json
 from runtime.golden import Golden
 from runtime.onnxruntime_backend import OnnxRuntimeBackend
 from runtime.verify import DEFAULT_FACES, compare, run_model
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'in float':<20}{'count':>6}" + "".join(f"{'Δ ' + c:>10}" for c in conditions))
     results = sweep(args.int8, golden, crops, conditions, args.fp32)
     if args.json:
-        atomic_write_bytes(args.json, json.dumps({"int8": str(args.int8), "delta_nmse": results}, indent=1).encode())
+        write_json(args.json, {"int8": str(args.int8), "delta_nmse": results})
         print(f"wrote {args.json}")
     return 0
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import glob
 import importlib.util
-import json
 import os
 import platform
 import resource
@@ -52,7 +51,7 @@ from typing import Callable
 import numpy as np
 
 from core.data import DEFAULT_FACES
-from core.files import atomic_write_bytes
+from core.files import write_json
 from core.preprocess import crop_face, read_image, to_input, whole_image_box
 
 from .faces import dlib_shape_predictor_path
@@ -346,7 +345,7 @@ def main(argv: list[str] | None = None, torch_builder: Callable | None = None) -
                         "interleaved": f"round robin in blocks of {BLOCK} calls, {SETTLE_S} s settle between blocks, "
                                        "starting candidate rotated each round"},
            "results": rows, "ratios": ratios}
-    atomic_write_bytes(args.json, json.dumps(doc, indent=1).encode())
+    write_json(args.json, doc)
     print(f"wrote {args.json}")
     return 0
 

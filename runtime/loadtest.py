@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 import threading
@@ -39,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from core.data import DEFAULT_FACES, read_split
-from core.files import atomic_write_bytes
+from core.files import write_json
 from core.preprocess import crop_face, decode_image, to_input, whole_image_box
 from core.progress import Progress
 
@@ -291,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "units": {"max_diff_px": "image pixels" if args.target == "faces" else "crop pixels at 256"},
            "results": rows}
-    atomic_write_bytes(args.json, (json.dumps(doc, indent=1) + "\n").encode())
+    write_json(args.json, doc)
     print(f"wrote {args.json} (server log: {log_path})")
     return 0 if all(r["errors"] == 0 for r in rows) else 1
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
 import signal
@@ -42,7 +41,7 @@ import cv2
 import numpy as np
 
 from core.data import IMAGE_EXTENSIONS
-from core.files import atomic_write_bytes, check_output_path
+from core.files import atomic_write_bytes, write_json, check_output_path
 from core.preprocess import ImageError, ensure_bgr, read_image
 from core.progress import Progress
 from core.schema import GROUPS
@@ -404,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(e))
     doc = {"model": str(args.model), "backend": det.backend.name, "precision": det.backend.precision,
            "detector": detector, "input": spec, "points": "68 iBUG landmarks (x, y) in image pixels", **doc}
-    atomic_write_bytes(args.out / "landmarks.json", json.dumps(doc).encode())
+    write_json(args.out / "landmarks.json", doc, indent=None)
     return status
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from core.preprocess import ensure_bgr
 
 from .detector import FaceLandmarks, box_area, distinct
-from .faces import box_from_landmarks, box_iou, load_detector
+from .faces import box_iou, load_detector
 
 if TYPE_CHECKING:
     from .detector import LandmarkDetector

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from core.data import DEFAULT_FACES, DEFAULT_MASKS
-from core.files import atomic_write_bytes
+from core.files import atomic_write_bytes, write_json
 from core.occlusion import CONDITIONS, EVAL_CONDITIONS, PAPER_CONDITIONS
 from core.pose import SIDE_YAW_DEG
 from core.preprocess import INPUT_SIZE, to_input
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> dict:
         doc = json.loads(previous.read_text())
         if args.candidate:
             doc["candidates"] = {**doc.get("candidates", {}), **evaluate_candidates(args)}
-            atomic_write_bytes(previous, json.dumps(doc, indent=1).encode())
+            write_json(previous, doc)
     else:
         if not args.masks.is_dir():
             raise SystemExit(f"{args.masks}: Liu et al. mask folder not found (--masks)")
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             with tempfile.TemporaryDirectory() as workdir:
                 doc = run_evaluations(args, Path(workdir), ort_predictor)
-        atomic_write_bytes(args.docs / "results.json", json.dumps(doc, indent=1).encode())
+        write_json(args.docs / "results.json", doc)
         print(f"wrote {args.docs / 'results.json'}")
 
     state = None

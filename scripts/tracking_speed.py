@@ -19,7 +19,6 @@ MediaPipe is an optional benchmark dependency, imported only here (see mediapipe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -32,7 +31,7 @@ import numpy as np
 import onnxruntime
 
 from core.data import DEFAULT_FACES, read_split
-from core.files import atomic_write_bytes
+from core.files import write_json
 from runtime.detector import LandmarkDetector
 
 SIZE = (640, 480)  # video frame (width, height)
@@ -201,7 +200,7 @@ def main() -> None:
     result = run(args)
     print_table(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
+    write_json(args.json, result, indent=2)
     print(f"wrote {args.json}")
 
 

@@ -24,7 +24,6 @@ wide: what a camera frame looks like, for measuring the detection side (--max-si
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from core.files import atomic_write_bytes
+from core.files import write_json
 from core.metrics import nmse_per_face
 from core.occlusion import EVAL_CONDITIONS
 from core.preprocess import crop_matrix, read_image
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
            "candidate_score": CANDIDATE_SCORE, "face_score_min": FACE_SCORE_MIN, "max_side": args.max_side,
            "frame": args.frame, "face_size": args.face_size if args.frame else None, "pipelines": summary}
     if args.json:
-        atomic_write_bytes(args.json, json.dumps(doc, indent=1).encode())
+        write_json(args.json, doc)
         print(f"wrote {args.json}")
     return doc
 

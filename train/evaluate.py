@@ -15,7 +15,6 @@ score's AUC against negatives made from the same test faces (crops far off the f
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from core.data import DEFAULT_FACES, DEFAULT_MASKS, labels_path, load_labels, read_split
-from core.files import atomic_write_bytes
+from core.files import write_json
 from core.metrics import nmse_per_face, roc_auc
 from core.occlusion import EVAL_CONDITIONS, PAPER_CONDITIONS
 from core.pose import SIDE_YAW_DEG, yaw_degrees
@@ -242,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nPyTorch batch-1 forward: {result['ms_per_face']:.2f} ms per face (median); "
           f"side = |yaw| >= {args.yaw_threshold:g} deg")
     if args.json:
-        atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())
+        write_json(args.json, result)
         print(f"wrote {args.json}")
     return result
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from core.data import DEFAULT_FACES
-from core.files import atomic_write_bytes
+from core.files import atomic_write_bytes, write_json
 
 # arm name: (extra train.train flags, what the arm tests). The control is the shipped recipe.
 ARMS: dict[str, tuple[list[str], str]] = {
@@ -177,11 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     if start is None or start["weights"] != str(args.init):
         start = {"weights": str(args.init), "val": init_scores(args.faces, args.init)}
     doc = {"budget": BUDGET, "control": CONTROL, "init": start, "arms": result}
-    atomic_write_bytes(report, json.dumps(doc, indent=1).encode())
+    write_json(report, doc)
     print(table({"init": {"val": start["val"]}, **result}))
     print("\n".join(verdicts(result)))
     if args.docs:
-        atomic_write_bytes(args.docs / "recipe.json", json.dumps(doc, indent=1).encode())
+        write_json(args.docs / "recipe.json", doc)
         atomic_write_bytes(args.docs / "recipe.md", markdown(doc).encode())
         print(f"wrote {args.docs / 'recipe.md'}")
 

@@ -15,7 +15,6 @@ Writes OUT/last.pt (resumable), OUT/best.pt (lowest validation NMSE) and OUT/his
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -30,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from core.data import DEFAULT_FACES, labels_path, load_labels, read_split
-from core.files import atomic_write_bytes, check_output_path, sha256_file
+from core.files import write_json, check_output_path, sha256_file
 from core.metrics import nmse_per_face, roc_auc
 from core.preprocess import INPUT_SIZE
 
@@ -195,7 +194,7 @@ def record_epoch(out: Path, model: torch.nn.Module, format: str, opt: torch.opti
     if improved:
         checkpoint.save(out / "best.pt", model, format, **meta)
     checkpoint.save(out / "last.pt", model, format, optimizer=opt.state_dict(), **meta)
-    atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
+    write_json(out / "history.json", history)
     kinds = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if k != "all")
     log(f"epoch {epoch + 1}: loss {record['train_loss']:.4g}, val NMSE {val['all']:.3f} ({kinds})"
         f"{' *best*' if improved else ''}, {record['seconds']:.0f} s")

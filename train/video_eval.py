@@ -23,7 +23,6 @@ without a tracker, as before tracking existed):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import cv2
 import numpy as np
 
 from core.augment import texture
-from core.files import atomic_write_bytes
+from core.files import write_json
 from core.metrics import interpupil_distance, nmse_per_face
 from core.occlusion import pick_liu_mask
 from core.preprocess import apply_matrix, read_image
@@ -293,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
     doc = {"model": str(args.model), "split": args.split, "sequences": len(seqs), "frames": FRAMES,
            "defaults": OneEuro().__dict__, "results": results}
     if args.json:
-        atomic_write_bytes(args.json, json.dumps(doc, indent=1).encode())
+        write_json(args.json, doc)
         print(f"wrote {args.json}")
     return doc
 
