@@ -292,3 +292,45 @@ def test_stops_cleanly_on_sigterm(server, clients):
         time.sleep(0.2)
     left = subprocess.run(["ps", "-o", "pid,args", "-g", str(pgid)], capture_output=True, text=True).stdout
     pytest.fail(f"processes left behind:\n{left}")
+
+
+def test_the_stub_handshake_waits_for_a_socket_that_is_bound_but_not_yet_listening(tmp_path):
+    """PyTriton's second instance asks the first for its config over a Unix socket as soon as the socket's file
+    exists; between bind and listen that is refused. The stubs get a copy that retries (pytriton_fixes)."""
+    pytriton = pytest.importorskip("pytriton", reason="pytriton not installed (pip install 'occlusion-landmarks[serve]')")
+    from pathlib import Path
+
+    from runtime.serving.pytriton_fixes import patient_handshake, patient_handshake_source
+
+    def handshake(source: bytes):
+        module: dict = {}
+        exec(compile(source, "communication.py", "exec"), module)
+        return module["get_config_from_handshake_server"]
+
+    original = (Path(pytriton.__file__).parent / "proxy" / "communication.py").read_bytes()
+    path = tmp_path / "config.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))  # bound, not yet listening: the moment the race hits
+    with pytest.raises(ConnectionRefusedError):
+        handshake(original)(path)
+
+    def listen_late():
+        time.sleep(0.3)
+        server.listen(1)
+        conn, _ = server.accept()
+        conn.recv(64)
+        payload = json.dumps({"authkey": "x"}).encode()
+        conn.sendall(len(payload).to_bytes(4, "big") + payload)
+        conn.close()
+
+    threading.Thread(target=listen_late, daemon=True).start()
+    assert handshake(patient_handshake_source(original))(path) == {"authkey": "x"}
+    server.close()
+    # the files PyTriton hands Triton for the stubs carry the patch
+    from types import SimpleNamespace
+
+    from pytriton.models.model import Model
+
+    patient_handshake()
+    files = Model.get_proxy_model_files(SimpleNamespace(model_version=1, SCRIPT_FILES_TO_COPY=Model.SCRIPT_FILES_TO_COPY))
+    assert b"patched (occlusion-landmarks)" in files["file:1/communication.py"]

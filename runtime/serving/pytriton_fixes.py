@@ -14,6 +14,12 @@ containers:
    stub runs in a small virtual environment of its own holding numpy<2 and pyzmq, all that PyTriton's proxy
    imports there. It is made once, with pip, and reused.
 
+With several instances of a model, the first one's stub opens a Unix socket that hands the others their
+configuration; the others connect as soon as the socket's file exists. On a loaded machine one of them can
+connect between the socket's bind and listen, gets "Connection refused", and the model fails to load (seen in
+this project's CI). Fix: the stubs' copy of PyTriton's communication module retries the connection and waits
+up to HANDSHAKE_TIMEOUT_S instead of 1 s.
+
 And PyTriton cannot hand an empty multi-dimensional array (a ``faces`` answer for an image without a face:
 boxes [0, 4]) to Triton: its shared-memory copy casts the array's memoryview, which Python refuses for zero
 sizes ("cannot cast view with zeros in shape or strides"). Fix: such arrays go as an empty byte string, which
@@ -33,6 +39,18 @@ from pathlib import Path
 import numpy as np
 
 STUB_REQUIREMENTS = ("numpy<2", "pyzmq>=23")
+HANDSHAKE_TIMEOUT_S = 60.0
+_HANDSHAKE_SIGNATURE = "def get_config_from_handshake_server(socket_path: pathlib.Path, timeout_s: float = 1.0)"
+_HANDSHAKE_CONNECT = "        sock.connect(socket_path.as_posix())\n"
+_HANDSHAKE_RETRY = """        while True:  # patched (occlusion-landmarks): the socket may be bound but not yet listening
+            try:
+                sock.connect(socket_path.as_posix())
+                break
+            except ConnectionRefusedError:
+                if time.time() >= should_stop_before_s:
+                    raise
+                time.sleep(0.01)
+"""
 
 
 def default_stub_env() -> Path:
@@ -83,6 +101,7 @@ def prepare(env: Path, log=print) -> Path | None:
     None when this environment serves as it is. Call before PyTriton starts Triton (which inherits os.environ).
     """
     allow_empty_outputs()
+    patient_handshake()
     libdir = python_libdir()
     if libdir is not None:
         os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libdir), os.environ.get("LD_LIBRARY_PATH"))
@@ -111,6 +130,36 @@ def ensure_stub_env(env: Path, log=print) -> None:
     if version is None or int(version.split(".")[0]) >= 2:
         raise RuntimeError(f"{env}: Triton's Python-backend environment must import numpy<2 and zmq; it has "
                            f"numpy {version or 'missing'}: delete the folder to have it made again")
+
+def patient_handshake_source(source: bytes) -> bytes:
+    """PyTriton's communication.py with the handshake retrying (unchanged when its code is not the one known)."""
+    text = source.decode()
+    if _HANDSHAKE_SIGNATURE not in text or text.count(_HANDSHAKE_CONNECT) != 1:
+        return source
+    text = text.replace(_HANDSHAKE_SIGNATURE, _HANDSHAKE_SIGNATURE.replace("1.0", str(HANDSHAKE_TIMEOUT_S)))
+    return text.replace(_HANDSHAKE_CONNECT, _HANDSHAKE_RETRY).encode()
+
+
+def patient_handshake() -> None:
+    """Hand the stubs the patched communication.py, whichever way PyTriton ships its proxy files to Triton."""
+    from pytriton.models.model import Model
+
+    if getattr(Model, "_patient_handshake", False):
+        return
+    files, generate = Model.get_proxy_model_files, Model.generate_model
+
+    def get_proxy_model_files(self):
+        return {k: patient_handshake_source(v) if k.endswith("/communication.py") else v for k, v in files(self).items()}
+
+    def generate_model(self, model_repository):
+        generate(self, model_repository)
+        copied = Path(model_repository) / self.model_name / str(self.model_version) / "communication.py"
+        if copied.exists():
+            copied.write_bytes(patient_handshake_source(copied.read_bytes()))
+
+    Model.get_proxy_model_files, Model.generate_model = get_proxy_model_files, generate_model
+    Model._patient_handshake = True
+
 
 def allow_empty_outputs() -> None:
     """Let PyTriton send zero-size outputs: their data frame goes as b"" instead of an uncastable memoryview."""
