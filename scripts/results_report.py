@@ -305,14 +305,14 @@ One seed each and a short budget: a small-budget A/B, not a full-length one.
 """
 
 
-def undertrained_note(ablation: dict[str, dict], state: dict | None) -> str:
-    """Say so when the control run is far from the committed model: then no variant has learned enough to rank."""
+def undertrained_note(ablation: dict[str, dict], landmarks: dict | None) -> str:
+    """Say so when the control run is far from the committed model (``landmarks``: its landmark network's
+    training record): then no variant has learned enough to rank."""
     full = ablation.get("full", {}).get("budget")  # seed 0's; every seed of a variant has the same budget
-    state = state and landmark_training(state)
-    if state is None or not full or full["best_val_nmse"] <= 2 * state["best_val_nmse"]:
+    if landmarks is None or not full or full["best_val_nmse"] <= 2 * landmarks["best_val_nmse"]:
         return ""
     return (f"\n**At this budget the ablation measures nothing yet.** The `full` control reached validation NMSE "
-            f"{full['best_val_nmse']:.1f} against the committed model's {state['best_val_nmse']:.2f}: the runs still "
+            f"{full['best_val_nmse']:.1f} against the committed model's {landmarks['best_val_nmse']:.2f}: the runs still "
             "predict close to an average face (their NMSE hardly changes with occlusion, and a run whose NMSE is the "
             "same under every condition predicts one fixed shape), so the signs of the gains above are noise. "
             "Train every variant for the same longer budget before reading Figure 9 off this table.\n")
@@ -358,6 +358,7 @@ def candidates_section(candidates: dict) -> str:
 
 
 def render(doc: dict, state: dict | None, args: argparse.Namespace) -> str:
+    landmarks = landmark_training(state) if state else None  # the record of its landmark network
     methods, ablation, speed = doc["methods"], doc["ablation"], doc["speed"]
     if not methods:
         return "# Results\n\nNo method was evaluated: see the lines `python scripts/results_report.py` printed.\n"
@@ -400,7 +401,7 @@ test set on its own hardware, so compare the ratios, not the seconds.
 """ + (f"\nFAN* here is the checkpoint of epoch {fan_budget['evaluated_epoch']} of {fan_budget['epochs']} on "
        f"{fan_budget['train_faces']} training faces.\n" if fan_budget else ""))
     if methods.get("FAN*", {}).get("budget") and state is not None:
-        out.append(fan_note(methods["FAN*"]["budget"], landmark_training(state)["best_val_nmse"], ablation.get("full", {}).get("budget")))
+        out.append(fan_note(methods["FAN*"]["budget"], landmarks["best_val_nmse"], ablation.get("full", {}).get("budget")))
     out.append(f"""## Frontal faces (cf. paper Table 3)
 
 {nmse_table(methods, "frontal")}
@@ -441,9 +442,9 @@ the variant lands on the same side of every seed of the control.
 {ablation_table(ablation)}
 
 These are **reduced-budget runs** (epochs and training faces above, against the committed model's
-{len(landmark_training(state)['history']) if state else '?'} epochs on {landmark_training(state)['train_faces'] if state else '?'} faces); gains may change
+{len(landmarks['history']) if landmarks else '?'} epochs on {landmarks['train_faces'] if landmarks else '?'} faces); gains may change
 with the full budget.
-{undertrained_note(ablation, state)}""")
+{undertrained_note(ablation, landmarks)}""")
     if doc.get("candidates"):
         out.append(candidates_section(doc["candidates"]))
     if doc.get("presets"):

@@ -199,7 +199,6 @@ def main() -> None:
     args.face = args.face or default_face()
     result = run(args)
     print_table(result)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.json, result, indent=2)
     print(f"wrote {args.json}")
 

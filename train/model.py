@@ -236,9 +236,10 @@ class MobileNetL(nn.Module):
         nn.init.constant_(self.fc.bias, 0.5)  # start at the crop centre
 
     def forward(self, x: torch.Tensor, logits: bool = False):
-        tap = self.config.vis_tap + 1 if self.config.heads and self.config.vis_tap >= 0 else 0  # +1: the stem
-        early = self.features[:tap + 1](x) if tap else None
-        c1 = self.features[tap + 1:](early) if tap else self.features(x)
+        # the visibility tap's map: features[0] is the stem, so block k ends at features[k + 1]
+        split = self.config.vis_tap + 2 if self.config.heads and self.config.vis_tap >= 0 else 0
+        early = self.features[:split](x) if split else None
+        c1 = self.features[split:](early) if split else self.features(x)
         c2 = self.conv_c2(c1)
         s1_map = self.s1(c1)
         s1 = self.pool(s1_map)
