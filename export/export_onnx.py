@@ -27,7 +27,9 @@ from train.model import variant_name
 
 DEFAULT_OPSET = 17
 BACKBONE_OPS = {"Conv", "HardSwish", "HardSigmoid", "Relu", "GlobalAveragePool", "Mul", "Add"}
-HEAD_OPS = {"Flatten", "Concat", "Gemm", "Reshape", "Sigmoid", "Squeeze"}
+HEAD_OPS = {"Flatten", "Concat", "Gemm", "Reshape", "Sigmoid", "Squeeze",
+            # the visibility head's sampling at the points (train.model.sample), all in TensorRT 8.5's ONNX parser
+            "Clip", "Constant", "Div", "Exp", "Gather", "MatMul", "ReduceSum", "Sub", "Transpose", "Unsqueeze"}
 PARITY_BOUND_PX = 0.01  # max landmark difference to PyTorch, pixels at 256 scale
 PARITY_BOUND_PROB = 1e-4  # max visibility / face-score difference to PyTorch
 
@@ -76,7 +78,7 @@ def op_histogram(path: Path) -> collections.Counter:
 
 
 def check_op_set(ops: collections.Counter) -> None:
-    """The graph may hold only TensorRT-fusable backbone ops plus the head's flatten/concat/FC/reshape."""
+    """The graph may hold only TensorRT-fusable backbone ops plus the heads' ops (HEAD_OPS)."""
     extra = set(ops) - BACKBONE_OPS - HEAD_OPS
     if extra:
         raise RuntimeError(f"unexpected ONNX ops {sorted(extra)}: the backbone must stay "

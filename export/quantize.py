@@ -72,7 +72,7 @@ def _quiet_modelopt() -> None:
 # probabilities are checked against the reference by runtime.verify.
 FLOAT_OP_TYPES = ["HardSwish", "HardSigmoid", "Mul", "GlobalAveragePool", "Flatten", "Sigmoid"]
 FLOAT_NODES = [r"/features/features\.0/", r"/features/features\.1/block/block\.0/",
-               r"/conv_c2/", r"/s1/", r"/s2/", r"/s3/", r"/fc/", r"/vis_map/", r"/visibility/", r"/face/"]
+               r"/conv_c2/", r"/s1/", r"/s2/", r"/s3/", r"/fc/", r"/vis_map/", r"/vis_points/", r"/visibility/", r"/face/"]
 
 
 def make_fp16(src: Path, dst: Path) -> Path:

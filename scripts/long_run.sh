@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=runs/long
-SCHEDULE=(--epochs 60 --patience 10 --lr 5e-4)  # the run's schedule: resume with the same one
+# the run's schedule: resume with the same one. It began before the visibility head read maps at the points
+# (--vis-points): its heads are pooled-only; re-train them with --heads-only on its landmarks when it is done.
+SCHEDULE=(--epochs 60 --patience 10 --lr 5e-4 --vis-points)
 if [ ! -f "$RUN/last.pt" ] && [ -f weights/resume/last.pt ]; then
     mkdir -p "$RUN"
     cp weights/resume/last.pt weights/resume/history.json "$RUN/"

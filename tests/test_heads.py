@@ -8,7 +8,7 @@ import torch
 
 from tests.conftest import CHECKPOINT
 from train.checkpoint import load
-from train.model import MODELS, MobileNetL, ModelConfig, landmarks_of
+from train.model import HEAD_MODULES, MODELS, MobileNetL, ModelConfig, landmarks_of
 
 
 def test_heads_shapes_and_ranges():
@@ -53,6 +53,53 @@ def test_visibility_from_a_finer_backbone_map_exports_and_matches(tap, side, tmp
     assert np.abs(got["visibility"] - out[1].numpy()).max() < 1e-4
     with pytest.raises(ValueError, match="vis_tap"):
         MobileNetL(replace(config, vis_tap=11))
+
+
+def test_point_sampling_reads_the_map_at_each_point():
+    from train.model import sample
+
+    side = 16
+    # channel 0: the left half of the crop is 1; channel 1: the column index (a ramp along x)
+    m = torch.zeros(1, 2, side, side)
+    m[0, 0, :, : side // 2] = 1.0
+    m[0, 1] = torch.arange(side, dtype=torch.float32)
+    points = torch.tensor([[[0.1, 0.5], [0.9, 0.5], [5.5 / side, 0.3], [-2.0, 0.5], [3.0, 0.5]]])
+    got = sample(m, points)[0]
+    assert got.shape == (5, 2)
+    assert got[0, 0] > 0.99 and got[1, 0] < 0.01  # deep inside the left and the right half
+    assert abs(got[2, 1] - 5.0) < 1e-4  # on cell 5's centre the symmetric Gaussian averages to 5 exactly
+    assert torch.allclose(got[3], got[3].new_tensor([1.0, 0.5]), atol=0.05)  # outside: the border cells
+    assert torch.allclose(got[4], got[4].new_tensor([0.0, side - 1.5]), atol=0.05)
+
+
+def test_point_visibility_exports_matches_and_leaves_the_landmarks(tmp_path):
+    from dataclasses import replace
+
+    from export.export_onnx import export_onnx
+    from runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    torch.manual_seed(0)
+    assert MODELS["mobilenet_l"].vis_points  # what we ship
+    model = MobileNetL(MODELS["mobilenet_l"]).eval()
+    plain = MobileNetL(replace(MODELS["mobilenet_l"], vis_points=())).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("vis_points.")})
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        out, base = model(x, logits=True), plain(x, logits=True)
+    assert torch.equal(out[0], base[0]) and torch.equal(out[2], base[2])
+    assert not torch.allclose(out[1], base[1])  # the sampled maps add to the visibility logits
+    # the visibility loss reaches the sampler and the heads, never the landmark path
+    model.train()
+    _, vis, _ = model(x, logits=True)
+    vis.sum().backward()
+    assert model.vis_points.mix.weight.grad.abs().sum() > 0 and model.fc.weight.grad is None
+    export_onnx(model.eval(), tmp_path / "points.onnx")
+    with torch.no_grad():
+        probs = model(x)[1].numpy()
+    got = OnnxRuntimeBackend(tmp_path / "points.onnx").run(x.numpy())
+    assert np.abs(got["visibility"] - probs).max() < 1e-4
+    with pytest.raises(ValueError, match="vis_points"):
+        MobileNetL(replace(MODELS["mobilenet_l"], vis_points=(11,)))
 
 
 def test_head_noise_moves_only_the_heads_and_only_in_training():
@@ -184,23 +231,24 @@ def test_fp16_and_int8_artifacts_carry_the_heads(heads_onnx, tmp_path):
     int8 = make_int8(path, tmp_path / "m.int8.onnx", calib)
     for artifact in (fp16, int8):
         assert OnnxRuntimeBackend(artifact).outputs == ("landmarks", "visibility", "face_score")
-    # the heads stay float in the INT8 graph: no DequantizeLinear feeds their nodes
+    # the heads stay float in the INT8 graph: the only dequantized tensors they read are the backbone maps
+    # the visibility head samples (INT8 in the engine anyway), never a weight or an activation of their own
     model = onnx.load(str(int8))
     producer = {o: n for n in model.graph.node for o in n.output}
-    head_nodes = [n for n in model.graph.node if n.name.startswith(("/visibility/", "/face/", "/vis_map/"))]
-    assert head_nodes and not any(getattr(producer.get(i), "op_type", "") == "DequantizeLinear"
-                                  for n in head_nodes for i in n.input)
+    head_nodes = [n for n in model.graph.node if n.name.startswith(tuple(f"/{m}/" for m in HEAD_MODULES))]
+    dequantized = [producer[i] for n in head_nodes for i in n.input
+                   if getattr(producer.get(i), "op_type", "") == "DequantizeLinear"]
+    sources = {producer[producer[dq.input[0]].input[0]].name for dq in dequantized}
+    assert head_nodes and all(name.startswith("/features/") for name in sources), sources
 
 
 def _invert_visibility(src, dst):
-    """The same ONNX with the visibility head's last Gemm negated: sigmoid(-z) = 1 - visibility."""
-    from onnx import numpy_helper
-
+    """The same ONNX with the visibility logits negated before their sigmoid: sigmoid(-z) = 1 - visibility."""
     proto = onnx.load(str(src))
-    gemm = [n for n in proto.graph.node if n.op_type == "Gemm" and n.name.startswith("/visibility/")][-1]
-    for init in proto.graph.initializer:
-        if init.name in gemm.input[1:]:
-            init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
+    sigmoid = next(n for n in proto.graph.node if n.op_type == "Sigmoid" and "visibility" in n.output)
+    sigmoid.input[0], logits = "negated_visibility_logits", sigmoid.input[0]
+    index = list(proto.graph.node).index(sigmoid)
+    proto.graph.node.insert(index, onnx.helper.make_node("Neg", [logits], [sigmoid.input[0]], name="/test/Neg"))
     onnx.save(proto, str(dst))
     return dst
 

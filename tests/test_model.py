@@ -22,7 +22,7 @@ def test_table1_structure():
     assert [b.out for b in MOBILENET_L_BLOCKS] == [16, 24, 24, 40, 40, 40, 48, 48, 96, 96, 96]
     assert [b.stride for b in MOBILENET_L_BLOCKS].count(2) == 4  # with the stem: 256 -> 8
     model = MobileNetL()
-    assert model.features(torch.zeros(1, 3, 256, 256)).shape == (1, 96, 8, 8)  # C1
+    assert model.features(torch.zeros(1, 3, 256, 256))[0].shape == (1, 96, 8, 8)  # C1
     assert model.fc.in_features == 320 and model.fc.out_features == 136
 
 

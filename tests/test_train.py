@@ -79,6 +79,7 @@ def test_distributed_two_processes_on_cpu(small_faces, tmp_cache, tmp_path):
 @needs_dlib
 def test_heads_only_training_keeps_the_landmark_network_exactly(small_faces, tmp_cache, tmp_path):
     from train import checkpoint
+    from train.model import HEAD_MODULES
     from train.train import main
 
     start = tmp_path / "start"
@@ -88,7 +89,7 @@ def test_heads_only_training_keeps_the_landmark_network_exactly(small_faces, tmp
                    "--heads-only", "--init", str(start / "last.pt")])
     before = checkpoint.load(start / "last.pt")["model"]
     after = checkpoint.load(out / "last.pt")["model"]
-    heads = [k for k in after if k.split(".")[0] in ("vis_map", "visibility", "face")]
+    heads = [k for k in after if k.split(".")[0] in HEAD_MODULES]
     assert heads and all(not torch.equal(before[k], after[k]) for k in heads if k.endswith("weight"))
     # every other tensor, batch-norm statistics included, is the starting network's
     assert all(torch.equal(before[k], after[k]) for k in after if k not in heads)

@@ -215,6 +215,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "7: 16x16) instead of the 8x8 S1 map (-1) (default: %(default)s)")
     ap.add_argument("--vis-channels", type=int, default=ModelConfig.vis_channels, metavar="C",
                     help="models with heads: channels that map is reduced to (default: %(default)s)")
+    ap.add_argument("--vis-points", type=int, nargs="*", metavar="K",
+                    help="models with heads: the visibility head also reads these blocks' maps at each predicted "
+                         "point (0: 64x64, 2: 32x32, 7: 16x16); none: pooled features only (default: the model's)")
     ap.add_argument("--init", type=Path, help="start from this checkpoint's weights (those that fit)")
     ap.add_argument("--heads-only", action="store_true",
                     help="train only the visibility and face-score heads on a frozen landmark network (from "
@@ -258,6 +261,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if not -1 <= args.vis_tap < len(MOBILENET_L_BLOCKS):
         ap.error(f"--vis-tap must be -1 or a block index 0-{len(MOBILENET_L_BLOCKS) - 1}, got {args.vis_tap}")
+    if not all(0 <= k < len(MOBILENET_L_BLOCKS) for k in args.vis_points or ()):
+        ap.error(f"--vis-points takes block indices 0-{len(MOBILENET_L_BLOCKS) - 1}, got {args.vis_points}")
     try:  # now, not when the first epoch's checkpoint is written
         check_output_path(args.out, folder=True)
     except ValueError as e:
@@ -281,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = ABLATIONS[args.variant] if args.variant else MODELS[args.model]
     if config.heads:
         config = replace(config, vis_tap=args.vis_tap, vis_channels=args.vis_channels)
+        if args.vis_points is not None:
+            config = replace(config, vis_points=tuple(args.vis_points))
     if args.threads:
         torch.set_num_threads(args.threads)
     random.seed(args.seed)
