@@ -7,9 +7,10 @@ For every model and every condition of the golden set (clean, four Liu et al. ma
 bins, centre square) it reports the reference NMSE, the model's NMSE, their
 difference (ΔNMSE, percentage points) and the mean and max landmark deviation from
 the reference in pixels at 256 scale. For a model with visibility and face-score
-heads it also reports, per condition, the largest difference of either probability
-from the reference and the share of points whose visible/hidden call (at 0.5) agrees
-with the reference's. A NaN or infinite output anywhere fails the model.
+heads it also reports, per condition, how far the probabilities move from the reference
+(the face score's largest difference, the visibility's 99.9th percentile over points, and
+its largest for information) and the share of points whose visible/hidden call (at 0.5)
+agrees with the reference's. A NaN or infinite output anywhere fails the model.
 
 Exit status, so that a CI gate can tell a regression from a broken setup:
   0  every model ran and is within its bounds
@@ -37,13 +38,17 @@ from .golden import Golden
 
 EXIT_OUTSIDE_BOUND, EXIT_CANNOT_RUN = 1, 2
 DEFAULT_BOUNDS = {"fp32": 0.01, "fp16": 0.05, "int8": 0.30}  # |ΔNMSE| in NMSE percentage points
-# Heads, per precision: (max |Δ probability| of visibility and face score, min visible/hidden agreement).
-# The heads stay float; the backbone's FP16/INT8 error moves them. The largest difference is set by a few
-# faces whose INT8 landmarks move 20+ px (which the landmark bound allows): over four heads models on the 192
-# val and 200 golden test faces (1,200-1,344 crops, 68 points each) it ranged 0.19-0.33 for INT8 and 0.002-0.028
-# for FP16, so these bounds sit above that; the agreement is what catches heads that decide differently
-# (INT8: 0.968-0.981 measured). An inverted or swapped head gives differences near 1 and fails both.
+# Heads, per precision: (bound on the probability difference, min visible/hidden agreement). The heads stay float;
+# the backbone's FP16/INT8 error moves them. The difference is the face score's largest and the visibility's
+# VISIBILITY_QUANTILE over points, not its largest: visibility is read at the predicted point, so a point that
+# the engine's landmarks move a few px onto or off an occluder's edge flips outright, as it should (INT8 golden
+# set: 7 of 81,600 points moved by a median 7.8 px, |Δp| up to 0.91; FP16 largest 0.07). The landmark bound
+# allows such moves. Measured on the golden test set, worst condition: FP16 0.023, INT8 0.23 (face score's largest
+# 0.004 / 0.05; earlier pooled-only heads, largest of both: 0.002-0.028 FP16, 0.19-0.33 INT8). The agreement is what catches heads
+# that decide differently (INT8: 0.968-0.99 measured). An inverted or swapped head gives differences near 1
+# and fails both.
 HEAD_BOUNDS = {"fp32": (1e-3, 0.999), "fp16": (0.05, 0.995), "int8": (0.4, 0.97)}
+VISIBILITY_QUANTILE = 0.999
 
 
 def to_image(pred: np.ndarray, matrices: np.ndarray) -> np.ndarray:
@@ -86,8 +91,11 @@ def compare(golden: Golden, outputs: Outputs) -> dict[str, dict]:
         row = {"n": int(sel.sum()), "nmse_reference": ref, "nmse_model": mod, "delta_nmse": mod - ref,
                "mean_dev_px": float(dev[sel].mean()), "max_dev_px": worst(dev[sel].ravel())}
         if heads:
-            row["max_prob_diff"] = worst(np.abs(outputs[n][sel] - reference[n][sel]).max() for n in heads)
             vis, ref_vis = outputs["visibility"][sel], reference["visibility"][sel]
+            vis_diff = np.abs(vis - ref_vis)
+            row["prob_diff"] = worst([np.quantile(vis_diff, VISIBILITY_QUANTILE),
+                                      np.abs(outputs["face_score"][sel] - reference["face_score"][sel]).max()])
+            row["max_visibility_diff"] = worst(vis_diff.ravel())
             row["visibility_agreement"] = (float("nan") if np.isnan(vis).any()
                                            else float(((vis >= VISIBLE) == (ref_vis >= VISIBLE)).mean()))
         out[cond] = row
@@ -100,12 +108,13 @@ def judge(per_cond: dict[str, dict], precision: str, bounds: dict[str, float]) -
     rows = list(per_cond.values())
     result = {"bound": bound, "max_abs_delta_nmse": worst(abs(r["delta_nmse"]) for r in rows)}
     ok = result["max_abs_delta_nmse"] <= bound and all(np.isfinite(r["max_dev_px"]) for r in rows)
-    if "max_prob_diff" in rows[0]:
+    if "prob_diff" in rows[0]:
         prob_bound, agree_bound = HEAD_BOUNDS.get(precision, HEAD_BOUNDS["fp32"])
         result.update({"prob_bound": prob_bound, "agreement_bound": agree_bound,
-                       "max_prob_diff": worst(r["max_prob_diff"] for r in rows),
+                       "prob_diff": worst(r["prob_diff"] for r in rows),
+                       "max_visibility_diff": worst(r["max_visibility_diff"] for r in rows),
                        "min_visibility_agreement": -worst(-r["visibility_agreement"] for r in rows)})
-        ok = ok and result["max_prob_diff"] <= prob_bound and result["min_visibility_agreement"] >= agree_bound
+        ok = ok and result["prob_diff"] <= prob_bound and result["min_visibility_agreement"] >= agree_bound
     return {**result, "pass": bool(ok)}
 
 
@@ -166,18 +175,19 @@ def main(argv: list[str] | None = None) -> int:
         report["models"][str(path)] = {"backend": backend.name, "precision": backend.precision, **verdict,
                                        "conditions": per_cond}
         ok = verdict["pass"]
-        heads = "max_prob_diff" in verdict
+        heads = "prob_diff" in verdict
         print(f"\n{path} ({backend.name}, {backend.precision}): max |ΔNMSE| {verdict['max_abs_delta_nmse']:.4f} "
               f"(bound {verdict['bound']})" + (
-                  f", max |Δp| {verdict['max_prob_diff']:.4f} (bound {verdict['prob_bound']}), visible/hidden "
+                  f", |Δp| {verdict['prob_diff']:.4f} (bound {verdict['prob_bound']}; visibility's largest "
+                  f"{verdict['max_visibility_diff']:.2f}), visible/hidden "
                   f"agreement {verdict['min_visibility_agreement']:.4f} (bound {verdict['agreement_bound']})"
                   if heads else "") + f" -> {'PASS' if ok else 'FAIL'}")
         print(f"  {'condition':<10}{'ref NMSE':>10}{'NMSE':>10}{'ΔNMSE':>10}{'mean px':>10}{'max px':>10}"
-              + (f"{'max |Δp|':>10}{'agree':>8}" if heads else ""))
+              + (f"{'|Δp|':>10}{'agree':>8}" if heads else ""))
         for cond, v in per_cond.items():
             print(f"  {cond:<10}{v['nmse_reference']:>10.3f}{v['nmse_model']:>10.3f}{v['delta_nmse']:>+10.4f}"
                   f"{v['mean_dev_px']:>10.4f}{v['max_dev_px']:>10.3f}"
-                  + (f"{v['max_prob_diff']:>10.4f}{v['visibility_agreement']:>8.4f}" if heads else ""))
+                  + (f"{v['prob_diff']:>10.4f}{v['visibility_agreement']:>8.4f}" if heads else ""))
         if not ok:
             failed.append(str(path))
     if args.json:
