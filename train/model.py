@@ -165,8 +165,8 @@ class PointSampler(nn.Module):
     """Per-landmark visibility logits from backbone maps read at the predicted points.
 
     Whether a point lies under a thin stroke is a local question that pooled features cannot answer. Each
-    map is averaged under a Gaussian one cell wide centred on the point (separable, so two MatMuls: no
-    GridSample, which TensorRT 8.5 lacks); a small classifier shared by all points, plus a learnt offset per
+    map is averaged under a Gaussian one cell wide centred on the point (separable, so two MatMuls: ops every
+    TensorRT ONNX parser we target has, unlike GridSample); a small classifier shared by all points, plus a learnt offset per
     landmark, turns those features and the point's position into a logit.
     """
 
