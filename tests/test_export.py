@@ -9,6 +9,7 @@ import pytest
 from onnx import numpy_helper
 
 from tests.conftest import CHECKPOINT, FACES, MASKS, ROOT, needs_data, needs_dlib, needs_masks
+from train.model import HEAD_MODULES
 
 pytest.importorskip("modelopt", reason="quantize extra (nvidia-modelopt) not installed")
 
@@ -59,9 +60,9 @@ def test_qdq_properties(artifacts, onnx_model):
     assert len(convs) == 49  # the backbone; the head (C2 conv, S1/S2/S3, FC) stays in float by design
     floats = [n for n in g.node if n.op_type in ("Conv", "Gemm")
               and (not n.name.startswith("/features/") or n.name.startswith(in_float))]
-    # 8 in the landmark head and stem; the visibility and face-score heads add vis_map and four Gemms
-    heads = sum(n.name.startswith(("/vis_map", "/visibility", "/face/")) for n in floats)
-    assert len(floats) - heads == 8 and heads in (0, 5)
+    # 8 in the landmark head and stem; the heads add vis_map, four Gemms and the point sampler's two
+    heads = sum(n.name.startswith(tuple(f"/{m}/" for m in HEAD_MODULES)) for n in floats)
+    assert len(floats) - heads == 8 and heads in (0, 7)
     assert all(producer[n.input[1]].op_type != "DequantizeLinear" for n in floats if n.input[1] in producer)
     assert all(getattr(producer.get(n.input[0]), "op_type", None) != "DequantizeLinear" for n in floats)
     for conv in convs:

@@ -180,8 +180,12 @@ class PointSampler(nn.Module):
     def forward(self, maps: list[torch.Tensor], points: torch.Tensor) -> torch.Tensor:
         """maps: (N, C_i, S_i, S_i); points: (N, K, 2) normalised crop coordinates -> logits (N, K)."""
         outside = points - points.clamp(0, 1)
-        h = self.act(self.mix(torch.cat([*(sample(m, points) for m in maps), points, outside], -1)) + self.landmark)
-        return self.out(h).squeeze(-1)
+        x = torch.cat([*(sample(m, points) for m in maps), points, outside], -1)
+        # the layers run on (N*K, features): exported as named Gemms, which the INT8 exclusions (/vis_points/)
+        # match; on (N, K, features) onnxsim rewrote them into unnamed Gemms that ModelOpt quantized
+        points_n, hidden = self.landmark.shape
+        h = self.mix(x.reshape(-1, x.shape[-1])).reshape(-1, points_n, hidden) + self.landmark
+        return self.out(self.act(h).reshape(-1, hidden)).reshape(-1, points_n)
 
 
 def sample(m: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
