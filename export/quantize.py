@@ -68,8 +68,8 @@ def _quiet_modelopt() -> None:
 # export/int8_sweep.py and its weight counterpart: on the epoch-16 checkpoint the stem output alone made the
 # heavy-occlusion gap (ΔNMSE at 50-60 % +0.84 -> -0.07), on the epoch-26 one the stem conv's weights
 # did (+0.49 -> +0.30); docs/deployment.md.
-# The visibility and face-score heads (vis_map, visibility, face) are float too: tiny, and their
-# probabilities are checked against the reference by runtime.verify.
+# The visibility and face-score heads (train.model.HEAD_MODULES: vis_map, vis_points, visibility, face) are float
+# too: tiny, and their probabilities are checked against the reference by runtime.verify. They read INT8 maps.
 FLOAT_OP_TYPES = ["HardSwish", "HardSigmoid", "Mul", "GlobalAveragePool", "Flatten", "Sigmoid"]
 FLOAT_NODES = [r"/features/features\.0/", r"/features/features\.1/block/block\.0/",
                r"/conv_c2/", r"/s1/", r"/s2/", r"/s3/", r"/fc/", r"/vis_map/", r"/vis_points/", r"/visibility/", r"/face/"]

@@ -27,8 +27,10 @@ def parity_table(verify: dict) -> str:
                      + f" | {max(v['max_dev_px'] for v in c.values()):.3f} | {'yes' if m['pass'] else 'NO'} |")
     heads = [(path, m) for path, m in verify["models"].items() if "prob_diff" in m]
     if heads:
+        quantile = next(m["visibility_quantile"] for _, m in heads)
         lines += ["", "Heads (visibility and face score): how far the probabilities move from the reference (Δp: the "
-                  "face score's largest difference and the visibility's 99.9th percentile over points; the "
+                  f"face score's largest difference and the visibility's {100 * quantile:g}th percentile over points "
+                  "(FP16, INT8; FP32: its largest); the "
                   "visibility's largest, unbounded, beside it) and the share of points whose visible/hidden call at "
                   "0.5 agrees, over every condition, with their bounds (runtime/verify.py says why a percentile).", "",
                   "| model | precision | Δp | bound | largest visibility Δp | agreement | bound | pass |",

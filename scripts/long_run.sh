@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=runs/long
-# the run's schedule: resume with the same one. It began before the visibility head read maps at the points
-# (--vis-points): its heads are pooled-only; re-train them with --heads-only on its landmarks when it is done.
+# the run's schedule: resume with the same one. It began before the visibility head read maps at the points,
+# so it trains pooled-only heads (--vis-points with no blocks); re-train them with --heads-only on its landmarks
+# (which read the points) when it is done.
 SCHEDULE=(--epochs 60 --patience 10 --lr 5e-4 --vis-points)
 if [ ! -f "$RUN/last.pt" ] && [ -f weights/resume/last.pt ]; then
     mkdir -p "$RUN"

@@ -59,17 +59,25 @@ def test_point_sampling_reads_the_map_at_each_point():
     from train.model import sample
 
     side = 16
-    # channel 0: the left half of the crop is 1; channel 1: the column index (a ramp along x)
-    m = torch.zeros(1, 2, side, side)
-    m[0, 0, :, : side // 2] = 1.0
-    m[0, 1] = torch.arange(side, dtype=torch.float32)
-    points = torch.tensor([[[0.1, 0.5], [0.9, 0.5], [5.5 / side, 0.3], [-2.0, 0.5], [3.0, 0.5]]])
-    got = sample(m, points)[0]
-    assert got.shape == (5, 2)
-    assert got[0, 0] > 0.99 and got[1, 0] < 0.01  # deep inside the left and the right half
-    assert abs(got[2, 1] - 5.0) < 1e-4  # on cell 5's centre the symmetric Gaussian averages to 5 exactly
-    assert torch.allclose(got[3], got[3].new_tensor([1.0, 0.5]), atol=0.05)  # outside: the border cells
-    assert torch.allclose(got[4], got[4].new_tensor([0.0, side - 1.5]), atol=0.05)
+    # channel 0: the left half of the crop is 1; channels 1 and 2: the column and the row index (ramps)
+    ramp = torch.arange(side, dtype=torch.float32)
+    m = torch.zeros(2, 3, side, side)
+    m[:, 0, :, : side // 2] = 1.0
+    m[:, 1], m[:, 2] = ramp[None, :], ramp[:, None]
+    m[1] *= 2  # the second crop's map differs: each crop must read its own
+    points = torch.tensor([[[0.1, 0.5], [0.9, 0.5], [5.5 / side, 9.5 / side], [-2.0, 0.5], [3.0, 0.5]],
+                           [[0.9, 0.5], [0.1, 0.5], [9.5 / side, 5.5 / side], [0.5, -2.0], [0.5, 3.0]]])
+    got = sample(m, points)
+    assert got.shape == (2, 5, 3)
+    assert got[0, 0, 0] > 0.99 and got[0, 1, 0] < 0.01  # deep inside the left and the right half
+    # on a cell's centre the symmetric Gaussian averages a ramp to that cell's index exactly, along x and y
+    assert torch.allclose(got[0, 2, 1:], torch.tensor([5.0, 9.0]), atol=1e-4)
+    assert torch.allclose(got[1, 2, 1:], torch.tensor([18.0, 10.0]), atol=1e-4)  # crop 1: cells (9, 5), map x2
+    assert got[1, 0, 0] < 0.01 and got[1, 1, 0] > 1.99
+    # outside the crop: the border cells (a Gaussian clipped at the border averages to about half a cell in)
+    assert torch.allclose(got[0, 3, :2], torch.tensor([1.0, 0.5]), atol=0.05)
+    assert torch.allclose(got[0, 4, :2], torch.tensor([0.0, side - 1.5]), atol=0.05)
+    assert abs(got[1, 3, 2] - 2 * 0.5) < 0.1 and abs(got[1, 4, 2] - 2 * (side - 1.5)) < 0.1
 
 
 def test_point_visibility_exports_matches_and_leaves_the_landmarks(tmp_path):
@@ -87,7 +95,7 @@ def test_point_visibility_exports_matches_and_leaves_the_landmarks(tmp_path):
     with torch.no_grad():
         out, base = model(x, logits=True), plain(x, logits=True)
     assert torch.equal(out[0], base[0]) and torch.equal(out[2], base[2])
-    assert not torch.allclose(out[1], base[1])  # the sampled maps add to the visibility logits
+    assert (out[1] - base[1]).abs().max() > 1e-2  # the sampled maps add to the visibility logits
     # the visibility loss reaches the sampler and the heads, never the landmark path
     model.train()
     _, vis, _ = model(x, logits=True)
@@ -232,14 +240,16 @@ def test_fp16_and_int8_artifacts_carry_the_heads(heads_onnx, tmp_path):
     for artifact in (fp16, int8):
         assert OnnxRuntimeBackend(artifact).outputs == ("landmarks", "visibility", "face_score")
     # the heads stay float in the INT8 graph: the only dequantized tensors they read are the backbone maps
-    # the visibility head samples (INT8 in the engine anyway), never a weight or an activation of their own
+    # the point sampler reads (INT8 in the engine anyway), never a weight or an activation of their own
     model = onnx.load(str(int8))
     producer = {o: n for n in model.graph.node for o in n.output}
     head_nodes = [n for n in model.graph.node if n.name.startswith(tuple(f"/{m}/" for m in HEAD_MODULES))]
-    dequantized = [producer[i] for n in head_nodes for i in n.input
-                   if getattr(producer.get(i), "op_type", "") == "DequantizeLinear"]
-    sources = {producer[producer[dq.input[0]].input[0]].name for dq in dequantized}
-    assert head_nodes and all(name.startswith("/features/") for name in sources), sources
+    sigmoid = next(n for n in model.graph.node if "visibility" in n.output)
+    head_nodes.append(producer[sigmoid.input[0]])  # the sum of the pooled and the point logits
+    readers = [(n, producer[i]) for n in head_nodes for i in n.input
+               if getattr(producer.get(i), "op_type", "") == "DequantizeLinear"]
+    assert head_nodes and all(n.name.startswith("/vis_points/") for n, _ in readers)
+    assert all(producer[producer[dq.input[0]].input[0]].name.startswith("/features/") for _, dq in readers)
 
 
 def _invert_visibility(src, dst):
@@ -315,7 +325,7 @@ def test_verify_bounds_the_visibility_tail_not_one_flipped_point():
                     masks=np.ones((faces, 256, 256), bool), reference=ref, reference_visibility=vis,
                     reference_score=score)
 
-    def verdict(flipped: int, score_shift: float = 0.0) -> dict:
+    def verdict(flipped: int, score_shift: float | np.ndarray = 0.0) -> dict:
         out_vis = vis.copy().ravel()
         out_vis[:flipped] = 1 - out_vis[:flipped]
         out = {"landmarks": ref, "visibility": out_vis.reshape(vis.shape), "face_score": score + score_shift}
@@ -325,6 +335,11 @@ def test_verify_bounds_the_visibility_tail_not_one_flipped_point():
     assert one["pass"] and one["max_visibility_diff"] > 0.4 and one["prob_diff"] < 0.01
     assert not verdict(int(0.002 * vis.size))["pass"]  # 0.2 % of the points flipped
     assert not verdict(0, score_shift=-0.5)["pass"]
+    one_face = np.zeros(faces, np.float32)
+    one_face[0] = -0.5
+    assert not verdict(0, score_shift=one_face)["pass"]  # the face score is bounded at its largest difference
+    assert not judge(compare(golden, {"landmarks": ref, "visibility": np.where(np.arange(vis.size) == 0, 1 - vis.ravel(),
+                     vis.ravel()).reshape(vis.shape), "face_score": score}), "fp32", DEFAULT_BOUNDS)["pass"]  # FP32: none
 
 
 def test_verify_exit_codes_tell_a_regression_from_a_broken_setup(heads_onnx, tmp_path, monkeypatch, capsys):

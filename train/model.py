@@ -75,7 +75,7 @@ class ModelConfig:
     # Backbone blocks whose maps the visibility head also reads at each predicted point (PointSampler); empty: none.
     vis_points: tuple[int, ...] = ()
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "vis_points", tuple(self.vis_points))  # a checkpoint may hold a list
 
     def to_dict(self) -> dict:
@@ -165,8 +165,8 @@ class PointSampler(nn.Module):
     """Per-landmark visibility logits from backbone maps read at the predicted points.
 
     Whether a point lies under a thin stroke is a local question that pooled features cannot answer. Each
-    map is averaged under a Gaussian one cell wide centred on the point (separable, so two MatMuls: ops every
-    TensorRT ONNX parser we target has, unlike GridSample); a small classifier shared by all points, plus a learnt offset per
+    map is averaged under a Gaussian one cell wide centred on the point (separable: a MatMul along x, a weighted
+    sum along y, ops every TensorRT ONNX parser we target has, unlike GridSample); a small classifier shared by all points, plus a learnt offset per
     landmark, turns those features and the point's position into a logit.
     """
 
@@ -189,7 +189,7 @@ class PointSampler(nn.Module):
 
 
 def sample(m: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(N, C, S, S) map averaged under a Gaussian one cell wide at each of (N, K, 2) points -> (N, K, C).
+    """(N, C, S, S) square map averaged under a Gaussian one cell wide at each of (N, K, 2) points -> (N, K, C).
 
     Points outside the crop read the nearest border cells.
     """
@@ -208,7 +208,7 @@ def sample(m: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 class Backbone(nn.Sequential):
     """The stem and the bottlenecks -> (C1, {k: output map of block k for k in taps})."""
 
-    def forward(self, x: torch.Tensor, taps: frozenset[int] = frozenset()) -> tuple[torch.Tensor, dict]:
+    def forward(self, x: torch.Tensor, taps: frozenset[int] = frozenset()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         maps = {}
         for i, layer in enumerate(self):
             x = layer(x)

@@ -300,8 +300,10 @@ def main(argv: list[str] | None = None) -> dict:
     if state is not None:
         saved = ModelConfig(**state["config"])
         if saved != config:
-            raise SystemExit(f"{last_path}: a run of {variant_name(saved)!r}, not {variant_name(config)!r}; resume it "
-                             f"with the same --model/--variant or train this one in another --out")
+            differ = ", ".join(f"{k} {getattr(saved, k)!r} (asked: {getattr(config, k)!r})"
+                               for k in saved.to_dict() if getattr(saved, k) != getattr(config, k))
+            raise SystemExit(f"{last_path}: a run of {variant_name(saved)!r}, not {variant_name(config)!r} ({differ}); "
+                             f"resume it with the same --model/--variant/--vis-points or train this one in another --out")
         # the run goes on as it started, whatever the flags say now
         # keys the run's recipe predates take the values it ran with
         cfg = state["train_config"]
