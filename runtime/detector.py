@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -11,6 +11,9 @@ from core.preprocess import Box, crop_face, ensure_bgr, output_to_image, read_im
 
 from .backends import Backend, landmarks_output, load_backend
 from .faces import DETECT_MAX_SIDE, box_from_landmarks, box_overlap, detect_faces, load_detector
+
+if TYPE_CHECKING:  # imported when called: tracking imports this module
+    from .tracking import FaceTracker
 
 # detect() with a model that has a face score: YuNet runs at CANDIDATE_SCORE instead of its own threshold, so
 # it proposes occluded faces it would drop, and the model keeps the candidates it scores >= FACE_SCORE_MIN,
