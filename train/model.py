@@ -77,6 +77,12 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "vis_points", tuple(self.vis_points))  # a checkpoint may hold a list
+        # the one check of the block indices (train.train turns its ValueError into a usage error)
+        blocks = len(MOBILENET_L_BLOCKS)
+        if not -1 <= self.vis_tap < blocks:
+            raise ValueError(f"vis_tap must be -1 (the S1 map) or a block index 0-{blocks - 1}, got {self.vis_tap}")
+        if not all(0 <= k < blocks for k in self.vis_points):
+            raise ValueError(f"vis_points must be block indices 0-{blocks - 1}, got {self.vis_points}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -250,9 +256,6 @@ class MobileNetL(nn.Module):
         if config.heads:
             # Visibility needs to know where things are, which the pooled vector blurs: it also sees the
             # S1 map (8x8) reduced to a few channels.
-            if not -1 <= config.vis_tap < len(blocks):
-                raise ValueError(f"vis_tap must be -1 (the S1 map) or a block index below {len(blocks)}, "
-                                 f"got {config.vis_tap}")
             if config.vis_tap >= 0:
                 tap = blocks[config.vis_tap]
                 stride = 2 * math.prod(b.stride for b in blocks[:config.vis_tap + 1])  # the stem halves too
@@ -265,8 +268,6 @@ class MobileNetL(nn.Module):
                                             nn.Linear(128, config.num_landmarks))
             self.face = nn.Sequential(nn.Linear(features, 64), _act(hs), nn.Linear(64, 1))
             if config.vis_points:
-                if not all(0 <= k < len(blocks) for k in config.vis_points):
-                    raise ValueError(f"vis_points must be block indices below {len(blocks)}, got {config.vis_points}")
                 self.vis_points = PointSampler(tuple(blocks[k].out for k in config.vis_points),
                                                config.num_landmarks, hs)
         # Training only: Gaussian noise on the heads' inputs, this fraction of each channel's spread in the batch.

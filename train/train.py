@@ -37,7 +37,7 @@ from . import checkpoint
 from .annotate import annotate
 from .dataset import LABEL_MODES, LEGACY_RECIPE, CropCache, Recipe, TrainSet, validation_batches
 from .loop import fit, open_run
-from .model import ABLATIONS, MOBILENET_L_BLOCKS, MODELS, MobileNetL, ModelConfig, landmarks_of, variant_name
+from .model import ABLATIONS, MODELS, MobileNetL, ModelConfig, landmarks_of, variant_name
 
 LOSSES = ("l1", "l2", "wing")
 PRESETS = {
@@ -259,10 +259,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
-    if not -1 <= args.vis_tap < len(MOBILENET_L_BLOCKS):
-        ap.error(f"--vis-tap must be -1 or a block index 0-{len(MOBILENET_L_BLOCKS) - 1}, got {args.vis_tap}")
-    if not all(0 <= k < len(MOBILENET_L_BLOCKS) for k in args.vis_points or ()):
-        ap.error(f"--vis-points takes block indices 0-{len(MOBILENET_L_BLOCKS) - 1}, got {args.vis_points}")
+    try:  # the config checks the block indices; here, before any data is loaded
+        ModelConfig(vis_tap=args.vis_tap, vis_points=args.vis_points or ())
+    except ValueError as e:
+        ap.error(str(e))
     try:  # now, not when the first epoch's checkpoint is written
         check_output_path(args.out, folder=True)
     except ValueError as e:
