@@ -12,7 +12,7 @@ RUN=runs/long
 SCHEDULE=(--epochs 60 --patience 10 --lr 5e-4 --vis-points)
 if [ ! -f "$RUN/last.pt" ] && [ -f weights/resume/last.pt ]; then
     mkdir -p "$RUN"
-    cp weights/resume/last.pt weights/resume/history.json "$RUN/"
+    cp weights/resume/last.pt weights/resume/best.pt weights/resume/history.json "$RUN/"
     echo "carrying on the committed run from weights/resume/ in $RUN"
 fi
 if [ -f "$RUN/last.pt" ]; then
