@@ -9,8 +9,8 @@ differently and are mapped onto dlib's framing by a measured correction (YUNET_T
 below; `python scripts/detector_framing.py` measures them), so the crop matches. YuNet is the default
 because it keeps finding faces under occlusion where HOG and Haar do not (../shared/models/README.md).
 
-Each thread gets its own detector objects: neither dlib's detector nor OpenCV's cascade or YuNet may
-serve two threads at once (dlib crashed, Haar handed one thread the other's boxes).
+Each thread gets its own detector objects: neither dlib's detector nor OpenCV's cascade may serve two
+threads at once (dlib crashed, Haar handed one thread the other's boxes); YuNet follows the same rule.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ import numpy as np
 
 from core.preprocess import Box, ensure_bgr
 
+from .yunet import YuNet
+
 DETECTORS = ("auto", "yunet", "dlib", "haar")
 
 # Images larger than this (longest side, px) are shrunk before detection: detection cost grows with the
@@ -33,8 +35,9 @@ DETECTORS = ("auto", "yunet", "dlib", "haar")
 # detects at a smaller side, for speed (runtime.tracking.VIDEO_DETECT_MAX_SIDE).
 DETECT_MAX_SIDE = 640
 
-# YuNet-n (OpenCV's cv2.FaceDetectorYN), Apache-2.0: runtime/models/yunet/README.md says where it came from.
-YUNET_MODEL = Path(__file__).resolve().parent / "models" / "yunet" / "yunet_n_640_640.onnx"
+# YuNet-n (the network of OpenCV's cv2.FaceDetectorYN, run by runtime.yunet), Apache-2.0:
+# runtime/models/yunet/README.md says where it came from and what scripts/yunet_dynamic.py changed.
+YUNET_MODEL = Path(__file__).resolve().parent / "models" / "yunet" / "yunet_n_dynamic.onnx"
 YUNET_SCORE = 0.6  # its confidence threshold
 YUNET_NMS = 0.3
 
@@ -122,12 +125,8 @@ def raw_boxes(image_bgr: np.ndarray, detector: str, min_score: Optional[float] =
         found = _haar_cascade().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(30, 30))
         return [(float(x), float(y), float(x + w), float(y + h)) for x, y, w, h in found]
     if detector == "yunet":
-        yunet = _yunet()
-        yunet.setInputSize((image_bgr.shape[1], image_bgr.shape[0]))
-        yunet.setScoreThreshold(YUNET_SCORE if min_score is None else min_score)
-        _, found = yunet.detect(image_bgr)
-        return [] if found is None else [(float(x), float(y), float(x + w), float(y + h))
-                                         for x, y, w, h in found[:, :4]]
+        found = _yunet().detect(image_bgr, YUNET_SCORE if min_score is None else min_score, YUNET_NMS)
+        return [(float(x), float(y), float(x + w), float(y + h)) for x, y, w, h in found[:, :4]]
     raise ValueError(f"unknown face detector {detector!r}: use one of {', '.join(DETECTORS[1:])}")
 
 
@@ -165,17 +164,9 @@ def _overlap(a: Box, b: Box) -> tuple:
     return max(0.0, x1 - x0) * max(0.0, y1 - y0), (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
 
 
-def _yunet():
-    def make():
-        if not hasattr(cv2, "FaceDetectorYN"):
-            raise RuntimeError(f"detector='yunet' needs OpenCV >= 4.8 (cv2.FaceDetectorYN); this is {cv2.__version__}")
-        if not YUNET_MODEL.is_file():
-            raise RuntimeError(f"{YUNET_MODEL}: YuNet model missing (it ships with the package; reinstall it)")
-        try:
-            return cv2.FaceDetectorYN.create(str(YUNET_MODEL), "", (320, 320), YUNET_SCORE, YUNET_NMS, 5000)
-        except cv2.error as e:
-            raise RuntimeError(f"{YUNET_MODEL}: OpenCV cannot load the YuNet model (corrupt?): {e}") from e
-    return _per_thread("yunet", make)
+def _yunet() -> YuNet:
+    # as many threads as OpenCV is set to use (cv2.setNumThreads), which governed YuNet when OpenCV ran it
+    return _per_thread("yunet", lambda: YuNet(YUNET_MODEL, threads=cv2.getNumThreads()))
 
 
 def _dlib_detector():

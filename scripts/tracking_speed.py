@@ -44,7 +44,7 @@ def mediapipe_help() -> str:
     return ("MediaPipe is an optional dependency of this benchmark, with the legacy face mesh API "
             "(mediapipe.solutions, gone from mediapipe 1.x). Install it in a separate venv, e.g.\n"
             "  pip install --no-deps mediapipe==0.10.14 'protobuf>=4.25.3,<5' absl-py attrs flatbuffers\n"
-            "  pip install onnxruntime opencv-python-headless numpy && pip install --no-deps -e .")
+            "  pip install onnxruntime opencv-python-headless numpy matplotlib && pip install --no-deps -e .")
 
 
 def load_face_mesh() -> tuple[Any, str]:

@@ -123,6 +123,42 @@ def test_missing_haar_is_a_clear_error(monkeypatch, fresh_detectors):
         detect_faces(np.zeros((64, 64, 3), np.uint8), "haar")
 
 
+@needs_data
+@pytest.mark.skipif(not hasattr(cv2, "FaceDetectorYN"), reason=f"OpenCV {cv2.__version__} has no FaceDetectorYN")
+def test_yunet_finds_what_opencvs_face_detector_finds():
+    """runtime.yunet decodes as OpenCV does: same faces, same order, same numbers, at any frame size
+    (sizes not multiples of 32 are padded) and at a low threshold, where NMS has many candidates."""
+    ours = faces.YuNet(faces.YUNET_MODEL, threads=1)
+    opencv = cv2.FaceDetectorYN.create(str(faces.YUNET_MODEL), "", (320, 320), 0.3, faces.YUNET_NMS, 5000)
+    compared = 0
+    for image in real_faces():
+        frame = np.full((301, 437, 3), 90, np.uint8)
+        frame[20:20 + image.shape[0], 60:60 + image.shape[1]] = image[:281, :377]
+        for variant in (image, cv2.resize(image, (171, 203)), frame):
+            opencv.setInputSize((variant.shape[1], variant.shape[0]))
+            expected = opencv.detect(variant)[1]
+            expected = np.zeros((0, 15), np.float32) if expected is None else expected
+            got = ours.detect(variant, 0.3, faces.YUNET_NMS)
+            assert got.shape == expected.shape
+            np.testing.assert_allclose(got, expected, atol=1e-3)
+            compared += len(got)
+    assert compared >= 12  # every variant had its face
+
+
+SOURCE_YUNET = FACES.parent.parent / "models" / "yunet" / "yunet_n_640_640.onnx"
+
+
+@pytest.mark.skipif(not SOURCE_YUNET.is_file(), reason=f"the authors' YuNet file is not at {SOURCE_YUNET}")
+def test_shipped_yunet_is_the_authors_model_with_free_input_size():
+    onnx = pytest.importorskip("onnx")
+    source, shipped = onnx.load(SOURCE_YUNET), onnx.load(faces.YUNET_MODEL)
+    assert list(shipped.graph.node) == list(source.graph.node)
+    assert list(shipped.graph.initializer) == list(source.graph.initializer)
+    dims = [d.dim_param or d.dim_value for d in shipped.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, "height", "width"]
+    assert "Modified" in shipped.doc_string
+
+
 def test_missing_or_corrupt_yunet_is_a_clear_error(monkeypatch, fresh_detectors, tmp_path):
     monkeypatch.setattr(faces, "YUNET_MODEL", tmp_path / "missing.onnx")
     with pytest.raises(RuntimeError, match="missing.onnx: YuNet model missing"):
@@ -130,7 +166,7 @@ def test_missing_or_corrupt_yunet_is_a_clear_error(monkeypatch, fresh_detectors,
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"not onnx")
     monkeypatch.setattr(faces, "YUNET_MODEL", corrupt)
-    with pytest.raises(RuntimeError, match="corrupt.onnx: OpenCV cannot load"):
+    with pytest.raises(RuntimeError, match="corrupt.onnx: ONNX Runtime cannot load"):
         detect_faces(np.zeros((64, 64, 3), np.uint8))
 
 
