@@ -334,3 +334,33 @@ def test_the_stub_handshake_waits_for_a_socket_that_is_bound_but_not_yet_listeni
     patient_handshake()
     files = Model.get_proxy_model_files(SimpleNamespace(model_version=1, SCRIPT_FILES_TO_COPY=Model.SCRIPT_FILES_TO_COPY))
     assert b"patched (occlusion-landmarks)" in files["file:1/communication.py"]
+
+
+def test_response_checks_do_not_format_the_arrays_but_still_refuse_bad_ones():
+    """PyTriton formats every output array for a debug message that is off (a third of the serving CPU);
+    pytriton_fixes keeps its checks without that message."""
+    pytest.importorskip("pytriton", reason="pytriton not installed (pip install 'occlusion-landmarks[serve]')")
+    from types import SimpleNamespace
+
+    from pytriton.proxy import validators
+
+    from runtime.serving.pytriton_fixes import lazy_response_log
+
+    class NoText(np.ndarray):
+        def __format__(self, spec):
+            raise AssertionError("an output array was formatted as text")
+
+    config = SimpleNamespace(model_name="landmarks", batching=True,
+                             outputs=[SimpleNamespace(name="landmarks", dtype=np.float32, shape=(68, 2))])
+    check = validators.TritonResultsValidator(config, strict=True)
+    good = np.zeros((1, 68, 2), np.float32).view(NoText)
+    with pytest.raises(AssertionError, match="formatted as text"):
+        check.validate_responses([{}], [{"landmarks": good}])  # PyTriton's own: builds the message
+    lazy_response_log()
+    check.validate_responses([{}], [{"landmarks": good}])
+    for bad, problem in ((good.astype(np.float64), "invalid type"), (good[:, :5, :1], "invalid shapes"),
+                         ([1.0], "numpy arrays")):
+        with pytest.raises(ValueError, match=problem):
+            check.validate_responses([{}], [{"landmarks": bad}])
+    with pytest.raises(ValueError, match="does not match number of requests"):
+        check.validate_responses([{}, {}], [{"landmarks": good}])

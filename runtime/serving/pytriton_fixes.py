@@ -25,9 +25,15 @@ boxes [0, 4]) to Triton: its shared-memory copy casts the array's memoryview, wh
 sizes ("cannot cast view with zeros in shape or strides"). Fix: such arrays go as an empty byte string, which
 PyTriton's reader turns back into the empty array. (An empty array sent *to* a model fails the same way in
 the stub, which this process cannot patch: clients leave out an optional input rather than send it empty.)
+
+And PyTriton checks each response of our callables with ``LOGGER.debug(f"{name}: {value} ...")``: the f-string
+is built whether or not debug logging is on, so NumPy formats every output array as text on every request
+(1.1 ms for one crop's landmarks and visibility, about a third of the serving process's CPU per crop, found
+with py-spy). Fix: the same checks without that message unless its logger is enabled for DEBUG.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -102,6 +108,7 @@ def prepare(env: Path, log=print) -> Path | None:
     """
     allow_empty_outputs()
     patient_handshake()
+    lazy_response_log()
     libdir = python_libdir()
     if libdir is not None:
         os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libdir), os.environ.get("LD_LIBRARY_PATH"))
@@ -130,6 +137,7 @@ def ensure_stub_env(env: Path, log=print) -> None:
     if version is None or int(version.split(".")[0]) >= 2:
         raise RuntimeError(f"{env}: Triton's Python-backend environment must import numpy<2 and zmq; it has "
                            f"numpy {version or 'missing'}: delete the folder to have it made again")
+
 
 def patient_handshake_source(source: bytes) -> bytes:
     """PyTriton's communication.py with the handshake retrying (unchanged when its code is not the one known)."""
@@ -172,3 +180,25 @@ def allow_empty_outputs() -> None:
         return frames if tensor.size or tensor.dtype.hasobject else [frames[0], b""]
 
     data.serialize_numpy_with_struct_header = serialize_allowing_empty
+
+
+def lazy_response_log() -> None:
+    """PyTriton's response checks, formatting the responses for its debug log only when that log is on."""
+    from pytriton.proxy import validators
+
+    if getattr(validators, "_lazy_response_log", False):
+        return
+    validate = validators._validate_outputs
+
+    def validate_outputs(model_config, model_outputs, outputs, strict, requests_number):
+        if validators.LOGGER.isEnabledFor(logging.DEBUG) or not isinstance(outputs, list) \
+                or len(outputs) != requests_number or not all(isinstance(r, dict) for r in outputs):
+            return validate(model_config, model_outputs, outputs, strict, requests_number)  # its own errors
+        for response in outputs:
+            for name, value in response.items():
+                validators._validate_output_data(model_config, name, value)
+                if strict:
+                    validators._validate_output_dtype_and_shape(model_config, model_outputs, name, value)
+
+    validators._validate_outputs = validate_outputs
+    validators._lazy_response_log = True
