@@ -91,6 +91,24 @@ def test_fp16_graph_keeps_float32_io(artifacts):
     assert all(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer if i.name in conv_w)
 
 
+def test_op_check_keeps_the_sampling_ops_inside_the_visibility_head(onnx_model):
+    """Gather, MatMul, Exp... are TensorRT-parsable but not fusable: only the head's point sampling may use them."""
+    from export.export_onnx import SAMPLING_OPS, SAMPLING_SCOPE, check_op_set
+
+    nodes = list(onnx.load(str(onnx_model)).graph.node)
+    check_op_set(nodes)
+    sampling = [n for n in nodes if n.op_type in SAMPLING_OPS]
+    if not sampling:
+        pytest.skip("this checkpoint's visibility head does not sample at the points")
+    assert all(n.name.startswith(SAMPLING_SCOPE) for n in sampling)
+    stray = sampling[0]
+    stray.name = "/features/features.3/" + stray.name.rsplit("/", 1)[-1]
+    with pytest.raises(RuntimeError, match=f"{stray.op_type} \\(/features/features.3/"):
+        check_op_set(nodes)
+    with pytest.raises(RuntimeError, match="'Softmax'"):
+        check_op_set([onnx.helper.make_node("Softmax", ["x"], ["y"], name="/fc/Softmax")])
+
+
 @pytest.fixture(scope="module")
 def parity(reference_model, onnx_model, artifacts, tmp_path_factory):
     """runtime.verify of FP32, FP16 and INT8 on a golden set of 200 real test faces x 6 conditions (the bounds hold for 200, as the issue sets them)."""
