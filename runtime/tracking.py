@@ -31,8 +31,8 @@ import numpy as np
 
 from core.preprocess import ensure_bgr
 
-from .detector import FaceLandmarks, box_area, distinct
-from .faces import box_iou, load_detector
+from .detector import VISIBLE, FaceLandmarks, box_area, distinct
+from .faces import box_from_landmarks, box_iou, load_detector
 
 if TYPE_CHECKING:
     from .detector import LandmarkDetector
@@ -41,6 +41,7 @@ SAME_FACE_IOU = 0.4  # a detection overlapping a track this much is that track's
 # Detection frames shrink the frame to this longest side for the face detector (images use DETECT_MAX_SIDE):
 # YuNet's cost grows with the pixels, and a detection frame must not stall the video (docs/end_to_end.md).
 VIDEO_DETECT_MAX_SIDE = 480
+MIN_FIT_POINTS = 8  # visible points a track needs to move its last unoccluded shape onto them
 
 
 @dataclass
@@ -135,11 +136,44 @@ class TrackedFace(FaceLandmarks):
     detected: bool = False  # this frame's result came from a detection (new face), not from tracking
 
 
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The least-squares similarity (rotation, uniform scale, translation) taking points ``src`` onto ``dst``,
+    as a 2x3 matrix (Umeyama 1991)."""
+    ms, md = src.mean(0), dst.mean(0)
+    a, b = src - ms, dst - md
+    var = (a ** 2).sum()
+    if var <= 1e-12:
+        return np.hstack([np.eye(2), (md - ms)[:, None]])
+    # for 2-D points the optimal similarity is (p, q) = scale * (cos, sin), solved in closed form
+    p_ = (a * b).sum() / var
+    q_ = (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum() / var
+    rot = np.array([[p_, -q_], [q_, p_]])
+    return np.hstack([rot, (md - rot @ ms)[:, None]])
+
+
 class Track:
     def __init__(self, track_id: int, face: FaceLandmarks, smoothing: Optional[OneEuro]):
         self.id = track_id
         self.face = face  # the latest unsmoothed result: the next frame crops from its landmarks
         self.filter = PointFilter(smoothing) if smoothing else None
+        self.shape: Optional[np.ndarray] = None  # the landmarks of its last frame with every point visible
+        self.remember_shape()
+
+    def remember_shape(self) -> None:
+        vis = self.face.visibility
+        if vis is not None and (vis >= VISIBLE).all():
+            self.shape = np.asarray(self.face.landmarks, np.float64)
+
+    def crop_box(self):
+        """The next frame's crop: the box of the landmarks, or, with points hidden, of the last unoccluded
+        shape moved onto the visible ones: the hidden points are the model's guesses, and a crop built on
+        them can drift off the face while the occluder stays."""
+        vis = self.face.visibility
+        if self.shape is None or vis is None or (vis >= VISIBLE).all() or (vis >= VISIBLE).sum() < MIN_FIT_POINTS:
+            return box_from_landmarks(self.face.landmarks)
+        seen = vis >= VISIBLE
+        m = similarity(self.shape[seen], np.asarray(self.face.landmarks, np.float64)[seen])
+        return box_from_landmarks(self.shape @ m[:, :2].T + m[:, 2])
 
 
 class FaceTracker:
@@ -201,13 +235,14 @@ class FaceTracker:
         """Move every track to this frame: crop from its last landmarks, drop the ones whose score says lost."""
         if not self.tracks:
             return
-        faces = self.landmarker.refine(frame, [t.face for t in self.tracks])
+        faces = self.landmarker.predict_faces([frame] * len(self.tracks), [t.crop_box() for t in self.tracks])
         kept = []
         for track, face in zip(self.tracks, faces):
             if face.score is not None and face.score < self.lost_score:
                 self.lost = True
                 continue
             track.face = face
+            track.remember_shape()
             kept.append(track)
         # two tracks that converged onto one face: keep the older
         self.tracks = [t for i, t in enumerate(kept) if all(box_iou(t.face.box, o.face.box) < SAME_FACE_IOU

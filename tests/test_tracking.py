@@ -204,6 +204,37 @@ def test_smoothing_steadies_a_still_face_follows_a_moving_one_and_holds_hidden_p
 
 
 @needs_data
+def test_with_points_hidden_the_next_crop_follows_the_visible_ones():
+    """Under an occluder the crop comes from the last unoccluded shape moved onto the visible points, not from
+    the hidden points' guesses; with every point visible, from the landmarks as they are."""
+    from runtime.detector import FaceLandmarks
+    from runtime.tracking import MIN_FIT_POINTS, Track, similarity
+
+    rng = np.random.default_rng(0)
+    shape = rng.uniform(100, 200, (68, 2))
+    track = Track(1, FaceLandmarks((0, 0, 1, 1), shape, np.ones(68), 0.9), smoothing=None)
+    angle, scale = 0.1, 1.05
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    moved = shape @ rot.T + (7.5, -3.0)
+    np.testing.assert_allclose(similarity(shape, moved), np.hstack([rot, np.array([[7.5], [-3.0]])]), atol=1e-9)
+    guessed = moved.copy()
+    hidden = np.arange(68) < 40
+    guessed[hidden] += rng.normal(0, 15, (40, 2))  # the model's guesses under the occluder
+    visibility = np.where(hidden, 0.1, 0.9)
+    track.face = FaceLandmarks((0, 0, 1, 1), guessed, visibility, 0.9)
+    np.testing.assert_allclose(track.crop_box(), box_from_landmarks(moved), atol=1e-6)
+    assert np.abs(np.subtract(box_from_landmarks(guessed), box_from_landmarks(moved))).max() > 5
+    track.remember_shape()  # an occluded frame is not remembered
+    np.testing.assert_allclose(track.shape, shape)
+    few = np.where(np.arange(68) < 68 - MIN_FIT_POINTS + 1, 0.1, 0.9)  # too few visible points to fit
+    track.face = FaceLandmarks((0, 0, 1, 1), guessed, few, 0.9)
+    assert track.crop_box() == box_from_landmarks(guessed)
+    track.face = FaceLandmarks((0, 0, 1, 1), guessed, np.ones(68), 0.9)
+    assert track.crop_box() == box_from_landmarks(guessed)
+    track.remember_shape()
+    np.testing.assert_allclose(track.shape, guessed)
+
+
 def test_the_tracker_detects_at_its_own_frame_side(onnx_model, faces_val):
     import cv2
 
@@ -258,3 +289,9 @@ def test_video_command_measures_jitter_and_tracking(onnx_model, tmp_path):
     assert smoothed["occluded_frames"] > 0 and 0 <= smoothed["occluded_tracked"] <= 1
     assert 0 < smoothed["jitter_px"] < raw["jitter_px"] < 2.0  # the filter steadies the points
     assert results["detect every frame"]["detection_share"] == 1.0 and raw["detection_share"] < 0.1
+    only = main(["--model", str(onnx_model), "--split", "val", "--faces-per-kind", "1", "--modes", "raw"])
+    assert list(only["results"]) == ["tracker, no smoothing"]
+    again = only["results"]["tracker, no smoothing"]
+    assert all(again[k] == raw[k] for k in raw if not k.startswith("ms_"))  # the same sequences and points
+    with pytest.raises(SystemExit):
+        main(["--model", str(onnx_model), "--modes", "tracker,fast"])

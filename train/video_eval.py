@@ -49,6 +49,8 @@ MOTIONS = ("steady", "wander")
 OCCLUDERS = ("none", "bar", "textured", "liu")
 OCCLUDED_SHARE = 0.10  # an occluder covering this share of the face box makes the frame occluded
 FAIL_NMSE = 15.0
+# what each mode runs: the tracker with smoothing, without, and detection on every frame with no tracker
+MODES = {"tracker": "tracker, smoothed", "raw": "tracker, no smoothing", "detect": "detect every frame"}
 SWEEP_SHAPE = ((0.25, 2.0), (0.5, 2.0), (1.0, 2.0), (0.5, 8.0))  # (min_cutoff, beta)
 SWEEP_POSE = ((4.0, 2.0), (8.0, 2.0), (8.0, 8.0), (16.0, 8.0))  # (pose_min_cutoff, pose_beta)
 SWEEP_HIDDEN = (1.0, 0.3)
@@ -258,13 +260,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default: %(default)s)")
     ap.add_argument("--sweep", action="store_true",
                     help="One Euro parameters on the unsmoothed tracker's output instead of the modes")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="modes to measure, comma-separated, of %(default)s ('detect' is the slow one)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
+    chosen = [m for m in args.modes.split(",") if m]
+    if not chosen or set(chosen) - set(MODES):
+        ap.error(f"--modes {args.modes!r}: choose from {','.join(MODES)}")
     if not args.masks.is_dir():
         sys.exit(f"error: {args.masks}: Liu et al. mask folder not found (--masks)")
     det = LandmarkDetector(args.model, **({"threads": args.threads} if args.model.suffix == ".onnx" else {}))
     seqs = build_sequences(args.faces, args.masks, args.split, args.faces_per_kind)
-    modes = ("raw",) if args.sweep else ("tracker", "raw", "detect")
+    modes = ("raw",) if args.sweep else chosen
     runs = {m: [run_mode(det, s, m, OneEuro()) for s in Progress(seqs, desc=m, unit="seq")] for m in modes}
     if args.sweep:
         results = {}
@@ -281,8 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"least jitter with NMSE within {SWEEP_NMSE_TOLERANCE}x of no smoothing and no fewer occluded frames "
               f"tracked: {best}")
     else:
-        names = {"tracker": "tracker, smoothed", "raw": "tracker, no smoothing", "detect": "detect every frame"}
-        results = {names[m]: metrics(seqs, [r.points for r in rs], rs) for m, rs in runs.items()}
+        results = {MODES[m]: metrics(seqs, [r.points for r in rs], rs) for m, rs in runs.items()}
     keys = [k for k, v in next(iter(results.values())).items() if not isinstance(v, dict)]
     print(f"\n{args.model} on {len(seqs)} {args.split} sequences of {FRAMES} frames "
           f"({sum(int(s.occluded.sum()) for s in seqs)} occluded frames)")
