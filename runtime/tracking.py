@@ -8,7 +8,8 @@
 
 A tracked frame crops each face from its landmarks of the previous frame (no detection): the box then
 moves with the face instead of jumping with the detector, and an occluder that arrives after the face was
-found cannot make the face disappear, since no detector has to find it again. Detection (LandmarkDetector
+found cannot make the face disappear, since no detector has to find it again; while the model says points
+are hidden, the crop comes from the visible ones (Track.crop_box). Detection (LandmarkDetector
 .detect) runs on the first frame, every ``detect_every`` frames (to pick up new faces) and on any frame
 where a track was lost. With a face score, a track is lost when the model scores its crop below
 ``lost_score``; a model without heads has no such signal, so its tracks end when a detection frame finds
