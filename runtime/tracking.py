@@ -170,9 +170,9 @@ class Track:
         shape moved onto the visible ones: the hidden points are the model's guesses, and a crop built on
         them can drift off the face while the occluder stays."""
         vis = self.face.visibility
-        if self.shape is None or vis is None or (vis >= VISIBLE).all() or (vis >= VISIBLE).sum() < MIN_FIT_POINTS:
+        seen = None if vis is None else vis >= VISIBLE
+        if self.shape is None or seen is None or seen.all() or seen.sum() < MIN_FIT_POINTS:
             return box_from_landmarks(self.face.landmarks)
-        seen = vis >= VISIBLE
         m = similarity(self.shape[seen], np.asarray(self.face.landmarks, np.float64)[seen])
         return box_from_landmarks(self.shape @ m[:, :2].T + m[:, 2])
 
@@ -233,7 +233,8 @@ class FaceTracker:
         return sorted(out, key=lambda f: box_area(f.box), reverse=True)
 
     def _follow(self, frame: np.ndarray) -> None:
-        """Move every track to this frame: crop from its last landmarks, drop the ones whose score says lost."""
+        """Move every track to this frame: crop from its last landmarks (Track.crop_box), drop the ones whose
+        score says lost."""
         if not self.tracks:
             return
         faces = self.landmarker.predict_faces([frame] * len(self.tracks), [t.crop_box() for t in self.tracks])

@@ -203,7 +203,6 @@ def test_smoothing_steadies_a_still_face_follows_a_moving_one_and_holds_hidden_p
     assert err[:, 34:].mean() < err[:, :34].mean()
 
 
-@needs_data
 def test_with_points_hidden_the_next_crop_follows_the_visible_ones():
     """Under an occluder the crop comes from the last unoccluded shape moved onto the visible points, not from
     the hidden points' guesses; with every point visible, from the landmarks as they are."""
@@ -235,6 +234,7 @@ def test_with_points_hidden_the_next_crop_follows_the_visible_ones():
     np.testing.assert_allclose(track.shape, guessed)
 
 
+@needs_data
 def test_the_tracker_detects_at_its_own_frame_side(onnx_model, faces_val):
     import cv2
 
