@@ -329,7 +329,7 @@ def test_verify_bounds_the_visibility_tail_not_one_flipped_point():
         out_vis = vis.copy().ravel()
         out_vis[:flipped] = 1 - out_vis[:flipped]
         out = {"landmarks": ref, "visibility": out_vis.reshape(vis.shape), "face_score": score + score_shift}
-        return judge(compare(golden, out), "int8", DEFAULT_BOUNDS)
+        return judge(compare(golden, out, "int8"), "int8", DEFAULT_BOUNDS)
 
     one = verdict(1)
     assert one["pass"] and one["max_visibility_diff"] > 0.4 and one["prob_diff"] < 0.01
@@ -339,7 +339,7 @@ def test_verify_bounds_the_visibility_tail_not_one_flipped_point():
     one_face[0] = -0.5
     assert not verdict(0, score_shift=one_face)["pass"]  # the face score is bounded at its largest difference
     assert not judge(compare(golden, {"landmarks": ref, "visibility": np.where(np.arange(vis.size) == 0, 1 - vis.ravel(),
-                     vis.ravel()).reshape(vis.shape), "face_score": score}), "fp32", DEFAULT_BOUNDS)["pass"]  # FP32: none
+                     vis.ravel()).reshape(vis.shape), "face_score": score}, "fp32"), "fp32", DEFAULT_BOUNDS)["pass"]  # FP32: none
 
 
 def test_verify_exit_codes_tell_a_regression_from_a_broken_setup(heads_onnx, tmp_path, monkeypatch, capsys):
