@@ -147,8 +147,9 @@ Xeon with AVX-512 VNNI these figures come from, batch 1, medians of 300 interlea
 - ONNX Runtime-native INT8 does not help. `onnxruntime.quantization.quantize_static` in QOperator
   format (QLinearConv; per-channel s8 weights, u8 activations, MinMax on 128 calibration images) ran
   at 2.38 ms against FP32's 1.64 ms; our TensorRT Q/DQ file ran at 5.44 ms.
-- So on this CPU MobileNet-L has 1.8-2.6x lower NMSE than dlib under occlusion at ~0.45x its speed. The speed
-  case for MobileNet-L rests on the GPU (TensorRT FP16/INT8), where dlib has no path.
+- So on that machine MobileNet-L had 1.8-2.6x lower NMSE than dlib under occlusion at ~0.45x its speed (the
+  vs_dlib lines above are this run's machine: the ratio moves with the CPU). The speed case for MobileNet-L
+  rests on the GPU (TensorRT FP16/INT8), where dlib has no path.
 
 ## Measuring a Jetson
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from core.data import DEFAULT_FACES, DEFAULT_MASKS
-from core.files import atomic_write_bytes, write_json
+from core.files import atomic_write_bytes, sha256_file, write_json
 from core.occlusion import CONDITIONS, EVAL_CONDITIONS, PAPER_CONDITIONS
 from core.pose import SIDE_YAW_DEG
 from core.preprocess import INPUT_SIZE, to_input
@@ -55,13 +55,16 @@ def ort_predictor(model: torch.nn.Module, path: Path) -> Predictor:
 
 # ---- plots -------------------------------------------------------------------------------------------------------
 
-def curve(history: list[dict], path: Path) -> None:
+VAL_SCORES = ("all", "visibility_auc", "face_score_auc")  # entries of a validation record that are not a condition
+
+
+def curve(history: list[dict], loss: str, path: Path) -> None:
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
     ax[0].plot(epochs, [h["train_loss"] for h in history], marker="o")
-    ax[0].set(xlabel="epoch", ylabel="training loss (L1, px at 256)", title="training loss")
-    for key in ("clean", "center25", "synthetic"):
-        ax[1].plot(epochs, [h["val_nmse"][key] for h in history], marker="o", label=key)
+    ax[0].set(xlabel="epoch", ylabel=f"training loss ({loss}, px at 256)", title="training loss")
+    for key in (k for k in history[-1]["val_nmse"] if k not in VAL_SCORES):
+        ax[1].plot(epochs, [h["val_nmse"].get(key) for h in history], marker="o", label=key)
     ax[1].set(xlabel="epoch", ylabel="NMSE (%)", title="validation NMSE")
     ax[1].legend()
     for a in ax:
@@ -273,11 +276,9 @@ def training_section(state: dict) -> str:
 
 {state['train_faces']} training faces (train split, teacher-labelled), preset `{state['preset']}`
 ({json.dumps(state['train_config'])}), {len(history)} epochs in {sum(h['seconds'] for h in history) / 60:.0f} min of wall time (partly shared with other jobs) on
-this 2-core CPU, in three sessions: `python -m train.train --epochs 20` stopped after epoch 3, `--resume --epochs 16`
-(which shortened the cosine schedule), then `--resume --epochs 26`, which restarted the cosine decay at
-lr 6.9e-4 from epoch 17 (a warm restart: validation NMSE first rose, then fell again); best validation
-NMSE {best['val_nmse']['all']:.3f} at epoch {best['epoch']} (validation: the teacher-labelled val split, clean,
-under the centre square and under two seeded synthetic masks; the Liu et al. masks are kept for the test).
+this 2-core CPU, carried across sessions with `--resume` (the README tells this network's runs); best validation
+NMSE {best['val_nmse']['all']:.3f} at epoch {best['epoch']} (validation: the teacher-labelled val split under the
+conditions {', '.join(k for k in best['val_nmse'] if k not in VAL_SCORES)}; the Liu et al. masks are kept for the test).
 {trend}
 {heads}
 ![training curve](img/training_curve.png)
@@ -355,6 +356,20 @@ def candidates_section(candidates: dict) -> str:
             lines.append("| | hidden share | " + " | ".join(fmt(vis[c]["hidden_share"]) for c in conds) + " |")
             lines.append("| | face score AUC | " + " | ".join(fmt(res["face_score_auc"][c], 3) for c in conds) + " |")
     return "\n".join(lines) + "\n"
+
+
+def promoted(doc: dict, name: str, shipped: Path) -> dict:
+    """The MobileNet-L row made from candidate ``name``: its test results (the shipped file must be the
+    candidate's, by sha256) and the speed of the row it replaces, which holds for a checkpoint of the same
+    architecture only: re-time (a run without --reuse) after changing the network."""
+    cand = doc.get("candidates", {}).get(name)
+    if cand is None:
+        raise SystemExit(f"--promote {name!r}: no such candidate; evaluate it with --candidate {name}=CHECKPOINT")
+    path = Path(cand["checkpoint"]["path"])
+    if not path.is_file() or not shipped.is_file() or sha256_file(path) != sha256_file(shipped):
+        raise SystemExit(f"--promote {name!r}: {shipped} is not the candidate's checkpoint {path}; copy it there first")
+    before = doc["methods"].get("MobileNet-L", {})
+    return {**cand, "ms_per_face": before.get("ms_per_face")}
 
 
 def render(doc: dict, state: dict | None, args: argparse.Namespace) -> str:
@@ -481,7 +496,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--candidate", action="append", default=[], metavar="NAME=CHECKPOINT",
                     help="also evaluate this checkpoint (repeatable), e.g. the model in training against the "
                          "committed one; kept in DOCS/results.json under candidates")
+    ap.add_argument("--promote", metavar="NAME",
+                    help="with --reuse: the candidate NAME (evaluated now or before) becomes the MobileNet-L row, "
+                         "once --checkpoint holds the same file; the other methods, the ablation and the speed "
+                         "(the same network) are kept")
     args = ap.parse_args(argv)
+    if args.promote and not args.reuse:
+        ap.error("--promote re-renders the tables: use it with --reuse")
     img = args.docs / "img"
     img.mkdir(parents=True, exist_ok=True)
     previous = args.docs / "results.json"
@@ -492,6 +513,9 @@ def main(argv: list[str] | None = None) -> dict:
         doc = json.loads(previous.read_text())
         if args.candidate:
             doc["candidates"] = {**doc.get("candidates", {}), **evaluate_candidates(args)}
+        if args.promote:
+            doc["methods"]["MobileNet-L"] = promoted(doc, args.promote, args.checkpoint)
+        if args.candidate or args.promote:
             write_json(previous, doc)
     else:
         if not args.masks.is_dir():
@@ -507,7 +531,8 @@ def main(argv: list[str] | None = None) -> dict:
     state = None
     if args.checkpoint.is_file():  # the training curve and examples are MobileNet-L's
         state = checkpoint.load(args.checkpoint)
-        curve(landmark_training(state)["history"], img / "training_curve.png")
+        landmarks = landmark_training(state)
+        curve(landmarks["history"], landmarks["train_config"].get("loss", "?"), img / "training_curve.png")
         examples(checkpoint.load_model(args.checkpoint), args.faces, args.masks, img / "examples.png")
     if doc["methods"]:
         occlusion_plot(doc["methods"], img / "nmse_vs_occlusion.png")

@@ -131,6 +131,30 @@ def test_reuse_renders_without_evaluating(full_run, tmp_path, monkeypatch):
     assert (docs / "img" / "nmse_vs_occlusion.png").is_file()
 
 
+def test_promote_makes_a_candidate_the_mobilenet_row_only_when_it_is_the_shipped_file(full_run, tmp_path):
+    docs = tmp_path / "docs"
+    shutil.copytree(full_run[0], docs)
+    candidate = tmp_path / "candidate.pt"
+    shutil.copy(CHECKPOINT, candidate)
+    before = json.loads((docs / "results.json").read_text())["methods"]
+    doc = report("--reuse", "--docs", str(docs), "--candidate", f"new={candidate}", "--promote", "new")
+    row = doc["methods"]["MobileNet-L"]
+    assert row["checkpoint"]["path"] == str(candidate) and "visibility" in row  # the candidate's evaluation
+    assert row["ms_per_face"] == before["MobileNet-L"]["ms_per_face"]  # the row's measured speed stays
+    assert {k: v for k, v in doc["methods"].items() if k != "MobileNet-L"} == {
+        k: v for k, v in before.items() if k != "MobileNet-L"}
+    assert json.loads((docs / "results.json").read_text())["methods"]["MobileNet-L"] == json.loads(json.dumps(row))
+    other = tmp_path / "other.pt"
+    other.write_bytes(candidate.read_bytes() + b"0")  # not the shipped file
+    doc = json.loads((docs / "results.json").read_text())
+    doc["candidates"]["new"]["checkpoint"]["path"] = str(other)
+    (docs / "results.json").write_text(json.dumps(doc))
+    with pytest.raises(SystemExit, match="is not the candidate's checkpoint"):
+        report("--reuse", "--docs", str(docs), "--promote", "new")
+    with pytest.raises(SystemExit, match="no such candidate"):
+        report("--reuse", "--docs", str(docs), "--promote", "absent")
+
+
 def test_missing_models_are_skipped_with_a_hint(tmp_path, capsys):
     doc = report("--checkpoint", str(tmp_path / "no.pt"), "--fan", str(tmp_path / "no_fan.pt"),
                  "--esr", str(tmp_path / "no.dat"), "--ablation-dir", str(tmp_path / "none"),
