@@ -40,6 +40,9 @@ def test_short_training_run_loss_falls_and_resumes(small_faces, tmp_cache, tmp_p
     resumed = main(args + ["--epochs", "5", "--resume"])
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
     assert resumed["history"][:4] == result["history"]
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["history"] == resumed["history"]  # the whole run, though written at its own epoch
+    assert best["epoch"] == min(resumed["history"], key=lambda h: h["val_nmse"]["all"])["epoch"]
 
 
 @needs_dlib

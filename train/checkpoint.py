@@ -28,6 +28,17 @@ def save(path: Path, model: torch.nn.Module, format: str = FORMAT, **extra) -> N
         "schema": schema.describe(),
         **extra,
     }
+    _write(path, state)
+
+
+def update(path: Path, format: str = FORMAT, **changes) -> None:
+    """Atomically rewrite entries of a checkpoint's record, keeping its weights."""
+    state = load(path, format)
+    state.update(changes)
+    _write(path, state)
+
+
+def _write(path: Path, state: dict) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(Path(path), buf.getvalue())

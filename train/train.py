@@ -367,6 +367,9 @@ def main(argv: list[str] | None = None) -> dict:
             preset=args.preset, train_config=cfg, recipe=recipe.to_dict(), world_size=world, init=init_record,
             train_faces=train_set.faces, args={k: str(v) for k, v in vars(args).items()}),
         history=history, best=best, log=log, patience=args.patience, rank=rank, world=world, sampler=sampler)
+    if rank == 0 and (args.out / "best.pt").is_file():
+        # best.pt was written at its own epoch; the whole run's history says how long it trained and what came after
+        checkpoint.update(args.out / "best.pt", history=history)
     if world > 1:
         dist.destroy_process_group()
     return {"history": history, "best_val_nmse": best_val_nmse(history, select), "best_selection": best}
