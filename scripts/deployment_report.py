@@ -68,8 +68,8 @@ def ratio_lines(bench: dict) -> str:
 
 
 def fp16_on_cpu(bench: dict) -> str:
-    """FP16 against FP32 per face in this run, as measured: on this shared x86 CPU the ratio swings from run
-    to run (0.76x to 1.43x at batch 1 in two runs of the same files), so it is reported, not relied on."""
+    """FP16 against FP32 per face in this run, as measured: on a shared x86 CPU the ratio swings from run to
+    run of the same files, so it is reported, not relied on."""
     ms = {(r["precision"], r["batch"]): r["ms_per_face"] for r in bench["results"] if str(r["model"]).endswith(".onnx")}
     ratios = [ms[("fp32", b)] / ms[("fp16", b)] for p, b in ms if p == "fp16" and ("fp32", b) in ms]
     if not ratios:
