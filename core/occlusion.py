@@ -102,9 +102,13 @@ def fragment_mask(rng: np.random.Generator, size: int = INPUT_SIZE) -> np.ndarra
 
 
 def random_training_mask(rng: np.random.Generator, size: int = INPUT_SIZE,
-                         fragments: float = 0.0) -> np.ndarray | None:
+                         fragments: float = 0.0, heavy: float = 0.0) -> np.ndarray | None:
     """Synthetic occlusion: free-form strokes and blobs (0-60%), rectangles, the centre square, or none;
-    with probability ``fragments`` a fragment mask instead (no random draw when 0, so old runs replay)."""
+    with probability ``fragments`` a fragment mask instead, with probability ``heavy`` heavy occlusion
+    instead: the centre square (3 in 10) or free-form holes over 40-70 % (no random draw when 0, so old
+    runs replay)."""
+    if heavy and rng.random() < heavy:
+        return center_mask(size) if rng.random() < 0.3 else freeform_mask(rng, size, rng.uniform(0.4, 0.7))
     if fragments and rng.random() < fragments:
         return fragment_mask(rng, size)
     kind = rng.choice(["clean", "freeform", "rectangle", "center"], p=[0.15, 0.6, 0.17, 0.08])
@@ -112,14 +116,19 @@ def random_training_mask(rng: np.random.Generator, size: int = INPUT_SIZE,
         return None
     if kind == "center":
         return center_mask(size)
-    holes = np.zeros((size, size), np.uint8)
     if kind == "rectangle":
+        holes = np.zeros((size, size), np.uint8)
         for _ in range(int(rng.integers(1, 3))):
             w, h = rng.integers(size // 6, size * 2 // 3, 2)
             x, y = rng.integers(0, size - w), rng.integers(0, size - h)
             holes[y:y + h, x:x + w] = 1
         return 1.0 - holes.astype(np.float32)
-    target = rng.uniform(0.0, 0.6)
+    return freeform_mask(rng, size, rng.uniform(0.0, 0.6))
+
+
+def freeform_mask(rng: np.random.Generator, size: int, target: float) -> np.ndarray:
+    """Brush strokes and blobs until at least ``target`` of the crop is covered. 1 = kept, 0 = hole."""
+    holes = np.zeros((size, size), np.uint8)
     while holes.mean() < target:
         if rng.random() < 0.7:  # a brush stroke: random walk with thick lines
             x, y = rng.integers(0, size, 2)

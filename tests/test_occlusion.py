@@ -72,3 +72,15 @@ def test_fragment_masks_are_fragmented_and_off_by_default():
         assert (x is None and y is None) or np.array_equal(x, y)
     rng = np.random.default_rng(4)
     assert sum(random_training_mask(rng, fragments=1.0) is not None for _ in range(10)) == 10
+
+
+def test_heavy_masks_are_heavy_and_off_by_default():
+    from core.occlusion import random_training_mask
+
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(10):  # heavy=0 draws nothing extra: earlier runs replay
+        x, y = random_training_mask(a), random_training_mask(b, heavy=0.0)
+        assert (x is None and y is None) or np.array_equal(x, y)
+    rng = np.random.default_rng(6)
+    covered = [coverage(random_training_mask(rng, heavy=1.0)) for _ in range(30)]
+    assert min(covered) >= 0.24 and np.median(covered) >= 0.4, covered  # the centre square is 25 %

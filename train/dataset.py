@@ -59,6 +59,7 @@ class Recipe:
     head_weight: float = 1.0  # weight of each head's cross-entropy beside the landmark loss
     head_noise: float = 0.2  # noise on the heads' inputs (MobileNetL.head_noise): they must survive INT8
     fragments: float = 0.0  # share of training masks that are fragment masks (core.occlusion.fragment_mask)
+    heavy: float = 0.0  # share of training masks drawn heavy: the centre square or 40-70 % free-form holes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,7 +161,7 @@ def sample(cache: CropCache, i: int, rng: np.random.Generator | None, augment: b
     if m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0] < 0:  # mirrored: left and right points swap names
         target, weight, inside = target[MIRROR], weight[MIRROR], inside[MIRROR]
     if isinstance(mask, str):
-        mask = random_training_mask(rng, fragments=recipe.fragments) if rng is not None else None
+        mask = random_training_mask(rng, fragments=recipe.fragments, heavy=recipe.heavy) if rng is not None else None
     if augment and recipe.photometric and rng.random() < recipe.photometric:
         crop = photometric(crop, rng)
     if augment and mask is not None and fill is None and rng.random() < recipe.textured:

@@ -231,6 +231,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--fragments", type=float, default=defaults.fragments,
                     help="share of training masks made of fragmented holes, like the Liu et al. masks, instead of "
                          "strokes, blobs and rectangles (default: %(default)s)")
+    ap.add_argument("--heavy", type=float, default=defaults.heavy,
+                    help="share of training masks drawn heavy instead: the centre square (3 in 10) or free-form "
+                         "holes over 40-70 %% of the crop (default: %(default)s)")
     ap.add_argument("--labels", choices=LABEL_MODES, default=defaults.labels,
                     help="doubtful teacher labels: keep (raw), average with the mirrored prediction, down-weight "
                          "or drop (default: %(default)s)")
@@ -282,7 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.update({k: v for k, v in (("batch", args.batch), ("lr", args.lr), ("loss", args.loss)) if v is not None})
     recipe = Recipe(photometric=args.photometric, textured=args.textured, labels=args.labels,
                     negatives=args.negatives, negatives_extra=args.negatives_mode == "extra",
-                    head_weight=args.head_weight, head_noise=args.head_noise, fragments=args.fragments)
+                    head_weight=args.head_weight, head_noise=args.head_noise, fragments=args.fragments,
+                    heavy=args.heavy)
     config = ABLATIONS[args.variant] if args.variant else MODELS[args.model]
     if config.heads:
         config = replace(config, vis_tap=args.vis_tap, vis_channels=args.vis_channels)
