@@ -38,8 +38,11 @@ class CalibrationSet:
             yield self.inputs[i:i + batch]
 
 
-def calibration_key(paths: list[str], seed: int) -> str:
-    doc = json.dumps({"paths": paths, "seed": seed, "preprocess": PREPROCESS_VERSION, "occluded": "every 2nd"})
+def calibration_key(paths: list[str], seed: int, boxes: list | None = None) -> str:
+    """What the calibration inputs depend on, the face boxes they were cropped from included (None: whole
+    images): a cache calibrated before the faces were labelled, or on other labels, is stale."""
+    doc = json.dumps({"paths": paths, "seed": seed, "preprocess": PREPROCESS_VERSION, "occluded": "every 2nd",
+                      "boxes": boxes})
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
@@ -84,5 +87,7 @@ def build_calibration_set(faces_dir: Path, count: int = DEFAULT_COUNT, seed: int
         occluded.append(mask is not None)
     if not inputs:
         raise SystemExit(f"{faces_dir}: none of the calibration images could be read")
-    return CalibrationSet(np.stack(inputs), used, np.array(occluded), calibration_key(used, seed),
+    used_boxes = [None if boxes.get(rel) is None else np.round(np.asarray(boxes[rel], float), 2).tolist()
+                  for rel in used] if boxes else None
+    return CalibrationSet(np.stack(inputs), used, np.array(occluded), calibration_key(used, seed, used_boxes),
                           "teacher boxes" if boxes else "whole image")

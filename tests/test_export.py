@@ -30,6 +30,8 @@ def test_calibration_set_selection_and_key(small_faces, tmp_cache):
     assert (calib.inputs[1::2] == -1.0).mean() > (calib.inputs[0::2] == -1.0).mean() + 0.05  # black holes
     assert -1.0 <= calib.inputs.min() and calib.inputs.max() <= 1.0
     assert calib.key == calibration_key(calib.paths, 0) != calibration_key(calib.paths, 1)
+    boxes = [[0.0, 0.0, 100.0, 100.0]] * len(calib.paths)  # the same images cropped from labelled boxes
+    assert calibration_key(calib.paths, 0, boxes) != calib.key
     assert calib.key != build_calibration_set(small_faces, 6).key
 
 
