@@ -71,23 +71,24 @@ def build_calibration_set(faces_dir: Path, count: int = DEFAULT_COUNT, seed: int
         labels = load_labels(faces_dir, paths)
         boxes = dict(zip(labels.paths, labels.boxes))
     rng = np.random.default_rng([seed, 1])
-    inputs, used, occluded = [], [], []
+    inputs, used, occluded, crop_boxes = [], [], [], []
     for i, rel in enumerate(Progress(paths, desc="calibration set", unit="img")):
         try:
             image = read_image(faces_dir / rel)
         except ImageError as e:
             print(f"skipped: {e}", file=sys.stderr)
             continue
-        crop, _ = crop_face(image, boxes.get(rel))  # no teacher box: the image is the face crop
+        box = boxes.get(rel)
+        crop, _ = crop_face(image, box)  # no teacher box: the image is the face crop
         mask = None
         while i % 2 and mask is None:  # the occluded half: redraw the training generator's clean cases
             mask = random_training_mask(rng)
         inputs.append(to_input(occlude(crop, mask))[0])
         used.append(rel)
         occluded.append(mask is not None)
+        crop_boxes.append(None if box is None else np.round(np.asarray(box, float), 2).tolist())
     if not inputs:
         raise SystemExit(f"{faces_dir}: none of the calibration images could be read")
-    used_boxes = [None if boxes.get(rel) is None else np.round(np.asarray(boxes[rel], float), 2).tolist()
-                  for rel in used] if boxes else None
-    return CalibrationSet(np.stack(inputs), used, np.array(occluded), calibration_key(used, seed, used_boxes),
+    key = calibration_key(used, seed, crop_boxes if boxes else None)
+    return CalibrationSet(np.stack(inputs), used, np.array(occluded), key,
                           "teacher boxes" if boxes else "whole image")
