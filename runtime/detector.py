@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
+from core.mirror import mirror_average
 from core.preprocess import Box, crop_face, ensure_bgr, output_to_image, read_image, to_input, whole_image_box
 
 from .backends import Backend, landmarks_output, load_backend
@@ -48,13 +49,18 @@ class LandmarkDetector:
     >>> face = det.predict_face(image_bgr, box)     # FaceLandmarks: + visibility and score with heads
     >>> faces = det.detect("photo.jpg")             # every face of an image, largest first
     >>> tracker = det.tracker()                     # video: faces = tracker.update(frame), with track_id
+
+    ``mirror``: average each crop's outputs with its mirror image's (core.mirror): more accurate, twice the
+    network's cost. On by default for still images; the tracker has its own setting, off by default.
     """
 
-    def __init__(self, model: str | Path, backend: str | None = None, batch_size: int = 32, **options):
+    def __init__(self, model: str | Path, backend: str | None = None, batch_size: int = 32, mirror: bool = True,
+                 **options):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.backend: Backend = load_backend(model, backend, **options)
         self.batch_size = min(batch_size, self.backend.max_batch or batch_size)
+        self.mirror = mirror
 
     @property
     def has_heads(self) -> bool:
@@ -70,9 +76,11 @@ class LandmarkDetector:
     def predict_face(self, image: np.ndarray, box: Box | None = None) -> FaceLandmarks:
         return self.predict_faces([image], None if box is None else [box])[0]
 
-    def predict_faces(self, images: Sequence[np.ndarray],
-                      boxes: Sequence[Box | None] | None = None) -> list[FaceLandmarks]:
-        """One FaceLandmarks per image (its box, or the whole image as the face crop when None)."""
+    def predict_faces(self, images: Sequence[np.ndarray], boxes: Sequence[Box | None] | None = None,
+                      mirror: bool | None = None) -> list[FaceLandmarks]:
+        """One FaceLandmarks per image (its box, or the whole image as the face crop when None).
+
+        ``mirror``: mirror averaging for this call (None: the detector's setting)."""
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
         crops, mats, used = [], [], []
@@ -83,19 +91,31 @@ class LandmarkDetector:
             crops.append(crop)
             mats.append(m)
             used.append(tuple(float(v) for v in box))
+        mirror = self.mirror if mirror is None else mirror
+        # a mirrored call runs each crop twice in one batch: half as many crops per call
+        step = max(1, self.batch_size // 2) if mirror else self.batch_size
         out: list[FaceLandmarks] = []
-        for start in range(0, len(crops), self.batch_size):
-            res = self.backend.run(to_input(np.stack(crops[start:start + self.batch_size])))
+        for start in range(0, len(crops), step):
+            x = to_input(np.stack(crops[start:start + step]))
+            res = mirror_average(self._run, x) if mirror else self.backend.run(x)
             pred, vis, score = landmarks_output(res), res.get("visibility"), res.get("face_score")
-            for k, m in enumerate(mats[start:start + self.batch_size]):
+            for k, m in enumerate(mats[start:start + step]):
                 out.append(FaceLandmarks(used[start + k], output_to_image(pred[k], m),
                                          None if vis is None else vis[k],
                                          None if score is None else float(score[k])))
         return out
 
+    def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The backend on x in batches it accepts (an engine built for batch 1 takes a mirrored pair in two)."""
+        if len(x) <= self.batch_size:
+            return self.backend.run(x)
+        parts = [self.backend.run(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
     def detect(self, image: np.ndarray | str | Path, detector: str = "auto", refine: bool = True,
                candidate_score: Optional[float] = CANDIDATE_SCORE,
-               min_face_score: float = FACE_SCORE_MIN, max_side: int = DETECT_MAX_SIDE) -> list[FaceLandmarks]:
+               min_face_score: float = FACE_SCORE_MIN, max_side: int = DETECT_MAX_SIDE,
+               mirror: bool | None = None) -> list[FaceLandmarks]:
         """Every face of an image (BGR/grey/BGRA array or a file), largest first.
 
         With a model that has a face score, YuNet proposes faces at ``candidate_score`` (below its own
@@ -104,23 +124,25 @@ class LandmarkDetector:
         ``refine``: predict again (REFINE_PASSES times) from the box the landmarks imply, the framing the
         model was trained on, instead of the detector's box.
         ``max_side``: larger images are shrunk to this longest side for the face detector only.
+        ``mirror``: mirror averaging on every landmark pass (None: the detector's setting).
         """
         image = read_image(image) if isinstance(image, (str, Path)) else ensure_bgr(image)
         detector = load_detector(detector)
         confirm = self.has_heads and detector == "yunet" and candidate_score is not None
         boxes = detect_faces(image, detector, candidate_score if confirm else None, max_side)
-        faces = self.predict_faces([image] * len(boxes), boxes)
+        faces = self.predict_faces([image] * len(boxes), boxes, mirror)
         for _ in range(REFINE_PASSES if refine else 0):
             if confirm:
                 faces = [f for f in faces if f.score >= min_face_score]
-            faces = self.refine(image, faces)
+            faces = self.refine(image, faces, mirror)
         if confirm:
             faces = [f for f in faces if f.score >= min_face_score]
         return distinct(faces)
 
-    def refine(self, image: np.ndarray, faces: Sequence[FaceLandmarks]) -> list[FaceLandmarks]:
+    def refine(self, image: np.ndarray, faces: Sequence[FaceLandmarks],
+               mirror: bool | None = None) -> list[FaceLandmarks]:
         """Each face predicted again from the box its landmarks imply (runtime.faces.box_from_landmarks)."""
-        return self.predict_faces([image] * len(faces), [box_from_landmarks(f.landmarks) for f in faces])
+        return self.predict_faces([image] * len(faces), [box_from_landmarks(f.landmarks) for f in faces], mirror)
 
     def tracker(self, **options) -> "FaceTracker":
         """A stateful video tracker over this model: ``tracker.update(frame)`` -> faces with a ``track_id``.

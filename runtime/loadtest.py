@@ -242,6 +242,8 @@ def parser() -> argparse.ArgumentParser:
                     help="server's largest dynamic batch and the in-process batch (default: %(default)s)")
     ap.add_argument("--max-queue-delay-us", type=int, default=500, metavar="U", help="(default: %(default)s)")
     ap.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads, server and in-process alike")
+    ap.add_argument("--no-mirror", dest="mirror", action="store_false",
+                    help="faces: one landmark pass per face, server and in-process alike (default: mirror-averaged)")
     ap.add_argument("--json", required=True, type=Path, metavar="OUT.json", help="where to write the results")
     return ap
 
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--request-batch between 1 and --max-batch")
     options = {"threads": args.threads} if args.threads else {}
     try:
-        det = LandmarkDetector(args.model, batch_size=args.max_batch, **options)
+        det = LandmarkDetector(args.model, batch_size=args.max_batch, mirror=args.mirror, **options)
         images = load_images(args.faces, args.images)
         work = (faces_workload(det, images, args.max_batch) if args.target == "faces"
                 else landmarks_workload(det, images, args.max_batch, args.request_batch))
@@ -271,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_options = [f"--instances={args.instances}", f"--max-batch={args.max_batch}",
                      f"--max-queue-delay-us={args.max_queue_delay_us}"]
     serve_options += [f"--threads={args.threads}"] if args.threads else []
+    serve_options += [] if args.mirror else ["--no-mirror"]
     log_path = args.json.with_name(args.json.name + ".serve.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     load_before = machine_load()

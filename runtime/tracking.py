@@ -184,12 +184,15 @@ class FaceTracker:
     (new faces appear at most that late); ``lost_score``: a track whose face score falls below it ends
     (models with heads); ``smoothing``: OneEuro parameters, or None for raw landmarks; ``fps``: the frame
     rate assumed when update() gets no timestamp; ``max_faces``: the most faces tracked (largest kept);
-    ``detect_max_side``: the longest side frames are shrunk to for the face detector.
+    ``detect_max_side``: the longest side frames are shrunk to for the face detector; ``mirror``: mirror
+    averaging (core.mirror) on every landmark pass, off by default: it doubles a tracked frame's cost, and the
+    smoothing already averages over frames.
     """
 
     def __init__(self, landmarker: "LandmarkDetector", detector: str = "auto", detect_every: int = 30,
                  lost_score: float = 0.5, smoothing: Optional[OneEuro] = OneEuro(), fps: float = 30.0,
-                 max_faces: Optional[int] = None, detect_max_side: int = VIDEO_DETECT_MAX_SIDE):
+                 max_faces: Optional[int] = None, detect_max_side: int = VIDEO_DETECT_MAX_SIDE,
+                 mirror: bool = False):
         if detect_every < 1:
             raise ValueError(f"detect_every must be at least 1, got {detect_every}")
         if fps <= 0:
@@ -197,7 +200,7 @@ class FaceTracker:
         self.landmarker = landmarker
         self.detector = load_detector(detector)
         self.detect_every, self.lost_score, self.smoothing = detect_every, lost_score, smoothing
-        self.fps, self.max_faces, self.detect_max_side = fps, max_faces, detect_max_side
+        self.fps, self.max_faces, self.detect_max_side, self.mirror = fps, max_faces, detect_max_side, mirror
         self.tracks: List[Track] = []
         self.frame_index = -1
         self.last_detection = None  # frame index of the last detection
@@ -237,7 +240,8 @@ class FaceTracker:
         score says lost."""
         if not self.tracks:
             return
-        faces = self.landmarker.predict_faces([frame] * len(self.tracks), [t.crop_box() for t in self.tracks])
+        faces = self.landmarker.predict_faces([frame] * len(self.tracks), [t.crop_box() for t in self.tracks],
+                                               self.mirror)
         kept = []
         for track, face in zip(self.tracks, faces):
             if face.score is not None and face.score < self.lost_score:
@@ -253,7 +257,7 @@ class FaceTracker:
     def _detect(self, frame: np.ndarray) -> set:
         """Detect; start tracks for faces no track covers; without a face score, end tracks no face covers."""
         self.last_detection = self.frame_index
-        found = self.landmarker.detect(frame, self.detector, max_side=self.detect_max_side)
+        found = self.landmarker.detect(frame, self.detector, max_side=self.detect_max_side, mirror=self.mirror)
         if not self.landmarker.has_heads:  # no face score: detection is the only evidence a face is there
             self.tracks = [t for t in self.tracks if any(box_iou(t.face.box, f.box) >= SAME_FACE_IOU for f in found)]
         new = [f for f in found if all(box_iou(f.box, t.face.box) < SAME_FACE_IOU for t in self.tracks)]

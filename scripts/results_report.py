@@ -336,8 +336,9 @@ def candidates_section(candidates: dict) -> str:
     conds = list(EVAL_CONDITIONS)
     lines = ["## The model with visibility and face-score heads", "",
              "Evaluated by `python scripts/results_report.py --reuse --candidate NAME=CHECKPOINT` on all test faces,",
-             "with the `textured` condition (the 30-40 % masks filled with texture). Targets of the model issue",
-             "in the last row.", "",
+             "with the `textured` condition (the 30-40 % masks filled with texture); rows named mirror-averaged were",
+             "evaluated with `--mirror` (core/mirror.py: two passes, as LandmarkDetector answers still images), the",
+             "others with one pass, the paper's protocol. Targets of the model issue in the last row.", "",
              "| model | epoch | " + " | ".join(conds) + " |", "|---" * (len(conds) + 2) + "|"]
     for name, res in candidates.items():
         row = res["nmse"]["all"]
@@ -496,6 +497,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--candidate", action="append", default=[], metavar="NAME=CHECKPOINT",
                     help="also evaluate this checkpoint (repeatable), e.g. the model in training against the "
                          "committed one; kept in DOCS/results.json under candidates")
+    ap.add_argument("--mirror", action="store_true",
+                    help="evaluate this call's candidates with mirror averaging (core.mirror), as LandmarkDetector "
+                         "runs still images; without it, the paper protocol (one pass)")
     ap.add_argument("--promote", metavar="NAME",
                     help="with --reuse: the candidate NAME (evaluated now or before) becomes the MobileNet-L row, "
                          "once --checkpoint holds the same file; the other methods, the ablation and the speed "

@@ -52,22 +52,28 @@ def test_wrong_model_shape_is_refused(tmp_path):
 def test_detector_agrees_with_pytorch_on_real_faces(trained):
     import torch
 
-    from core.preprocess import output_to_image, preprocess, read_image
+    from core.preprocess import output_to_image, preprocess, read_image, warp
     from runtime import LandmarkDetector
+    from train.evaluate import torch_predictor
     from train.model import landmarks_of
 
     model, path = trained
-    det = LandmarkDetector(path)
+    det = LandmarkDetector(path, mirror=False)
     images = [read_image(FACES / p) for p in ("cacd/0000_0.jpg", "taiwanese/0101a02.jpg")]
     gray = cv2.cvtColor(images[0], cv2.COLOR_BGR2GRAY)
     boxes = [None, (60.0, 70.0, 190.0, 200.0)]
     many = det.predict_batch(images, boxes)
-    for image, box, pts in zip(images, boxes, many):
+    mirrored = LandmarkDetector(path).predict_batch(images, boxes)  # the default for still images
+    for image, box, pts, pts_mirrored in zip(images, boxes, many, mirrored):
         x, m = preprocess(image, box)
+        crop = warp(image, m)
         with torch.no_grad():
             ref = output_to_image(landmarks_of(model(torch.from_numpy(x))).numpy()[0], m)
+        ref_mirrored = output_to_image(torch_predictor(model, mirror=True)(crop[None])["landmarks"][0], m)
         assert pts.shape == (68, 2) and pts.dtype == np.float32
         assert np.abs(pts - ref).max() < 0.05  # issue bound: 0.05 px
+        assert np.abs(pts_mirrored - ref_mirrored).max() < 0.05
+        assert np.abs(pts_mirrored - pts).max() > 0.1  # the mirror pass changes the answer
     assert np.allclose(det.predict(images[1], box=boxes[1]), many[1], atol=1e-4)
     assert det.predict(gray).shape == (68, 2)  # grayscale accepted
     with pytest.raises(ValueError, match="2 images but 1 boxes"):

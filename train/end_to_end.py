@@ -158,11 +158,15 @@ def main(argv: list[str] | None = None) -> dict:
                     help="place each photo into a grey frame of this size (e.g. 640x480), its face --face-size wide")
     ap.add_argument("--face-size", type=float, default=100.0, metavar="PX",
                     help="with --frame: the face box width in the frame (default: %(default)s)")
+    ap.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
+                    help="mirror averaging on every landmark pass, LandmarkDetector's default for still images "
+                         "(default: on)")
     ap.add_argument("--json", type=Path, help="write the summary here")
     args = ap.parse_args(argv)
     if not args.masks.is_dir():
         sys.exit(f"error: {args.masks}: Liu et al. mask folder not found (--masks)")
-    det = LandmarkDetector(args.model, **({"threads": args.threads} if args.model.suffix == ".onnx" else {}))
+    det = LandmarkDetector(args.model, mirror=args.mirror,
+                           **({"threads": args.threads} if args.model.suffix == ".onnx" else {}))
     pipelines = {k: PIPELINES[k] for k in args.pipelines}
     if args.sweep:
         pipelines = {f"candidates {c} face score {s}": {"candidate_score": c, "min_face_score": s}
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\n{format_table(summary, key, fmt)}")
     doc = {"model": str(args.model), "split": args.split, "found_iou": FOUND_IOU, "fail_nmse": FAIL_NMSE,
            "candidate_score": CANDIDATE_SCORE, "face_score_min": FACE_SCORE_MIN, "max_side": args.max_side,
-           "frame": args.frame, "face_size": args.face_size if args.frame else None, "pipelines": summary}
+           "mirror": args.mirror, "frame": args.frame, "face_size": args.face_size if args.frame else None, "pipelines": summary}
     if args.json:
         write_json(args.json, doc)
         print(f"wrote {args.json}")

@@ -25,6 +25,7 @@ import numpy as np
 from core.data import DEFAULT_FACES, DEFAULT_MASKS, labels_path, load_labels, read_split
 from core.files import write_json
 from core.metrics import nmse_per_face, roc_auc
+from core.mirror import mirror_average
 from core.occlusion import EVAL_CONDITIONS, PAPER_CONDITIONS
 from core.pose import SIDE_YAW_DEG, yaw_degrees
 from core.preprocess import output_to_image, read_image
@@ -155,8 +156,9 @@ def heads_summary(vis_pred: dict, vis_true: dict, scores: dict, negative_scores:
     return {"visibility": visibility, "face_score_auc": face, "n_negatives": int(len(negative_scores))}
 
 
-def torch_predictor(model, batch: int = 8) -> Predictor:
-    """Predictor over a PyTorch landmark network (MobileNet-L, FAN*), run `batch` crops at a time.
+def torch_predictor(model, batch: int = 8, mirror: bool = False) -> Predictor:
+    """Predictor over a PyTorch landmark network (MobileNet-L, FAN*), run `batch` crops at a time;
+    ``mirror``: mirror averaging (core.mirror), as LandmarkDetector does for still images.
 
     evaluate() hands over every condition of 64 faces at once; FAN*'s 64x64 feature maps make large
     batches memory-bound, hence small ones (docs/measurements.md).
@@ -166,11 +168,15 @@ def torch_predictor(model, batch: int = 8) -> Predictor:
     from core.preprocess import to_input
 
     @torch.no_grad()
-    def predict(crops: np.ndarray):
-        parts = [model(torch.from_numpy(to_input(crops[i:i + batch]))) for i in range(0, len(crops), batch)]
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        parts = [model(torch.from_numpy(x[i:i + batch])) for i in range(0, len(x), batch)]
         if not isinstance(parts[0], tuple):
-            return np.concatenate([p.numpy() for p in parts])
+            return {"landmarks": np.concatenate([p.numpy() for p in parts])}
         return {n: np.concatenate([p[k].numpy() for p in parts]) for k, n in enumerate(OUTPUTS)}
+
+    def predict(crops: np.ndarray) -> dict[str, np.ndarray]:
+        x = to_input(crops)
+        return mirror_average(run, x) if mirror else run(x)
 
     return predict
 
@@ -225,6 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--limit", type=int, help="evaluate only the first N faces")
     ap.add_argument("--seed", type=int, default=0, help="mask selection seed (default: %(default)s)")
+    ap.add_argument("--mirror", action="store_true",
+                    help="average each crop's outputs with its mirror image's, as LandmarkDetector does for still "
+                         "images (the paper protocol, the default, runs the network once)")
     ap.add_argument("--yaw-threshold", type=float, default=SIDE_YAW_DEG,
                     help="|yaw| in degrees from which a face counts as side (default: %(default)s)")
     args = ap.parse_args(argv)
@@ -234,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(args.checkpoint)
     if not args.masks.is_dir():
         raise SystemExit(f"{args.masks}: Liu et al. mask folder not found (--masks)")
-    result, _ = evaluate(torch_predictor(model), args.faces, args.masks, args.split, args.limit, args.seed,
+    result, _ = evaluate(torch_predictor(model, mirror=args.mirror), args.faces, args.masks, args.split, args.limit, args.seed,
                          threshold=args.yaw_threshold)
     result["ms_per_face"] = torch_ms_per_face(model)
     print(format_tables(result))

@@ -160,7 +160,7 @@ def run_evaluations(args: argparse.Namespace, workdir: Path,
 
 def evaluate_candidates(args: argparse.Namespace) -> dict:
     """Each --candidate NAME=CHECKPOINT under the test protocol with the textured condition and, for models
-    with heads, visibility and face-score quality; with the checkpoint's epoch."""
+    with heads, visibility and face-score quality; with the checkpoint's epoch; mirror-averaged with --mirror."""
     out = {}
     for item in args.candidate:
         name, _, path = item.partition("=")
@@ -168,10 +168,11 @@ def evaluate_candidates(args: argparse.Namespace) -> dict:
             raise SystemExit(f"--candidate {item!r}: use NAME=CHECKPOINT with an existing checkpoint")
         print(f"\n== candidate {name}", flush=True)
         state = checkpoint.load(Path(path))
-        out[name], _ = evaluate(torch_predictor(checkpoint.load_model(Path(path))), args.faces, args.masks, "test",
-                                args.limit)
+        out[name], _ = evaluate(torch_predictor(checkpoint.load_model(Path(path)), mirror=args.mirror), args.faces,
+                                args.masks, "test", args.limit)
         out[name]["checkpoint"] = {"path": path, "epoch": state.get("epoch"),
                                    "best_val_nmse": state.get("best_val_nmse"), "recipe": state.get("recipe")}
+        out[name]["mirror"] = args.mirror
         print(format_tables(out[name], name))
     return out
 

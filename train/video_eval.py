@@ -186,14 +186,15 @@ def pick(faces, truth: np.ndarray):
     return faces[int(np.argmax(overlap))] if overlap and max(overlap) > 0.3 else None
 
 
-def run_mode(det: LandmarkDetector, seq: Sequence, mode: str, smoothing: OneEuro) -> Track:
-    tracker = det.tracker(smoothing=smoothing if mode == "tracker" else None) if mode != "detect" else None
+def run_mode(det: LandmarkDetector, seq: Sequence, mode: str, smoothing: OneEuro, mirror: bool = False) -> Track:
+    tracker = (det.tracker(smoothing=smoothing if mode == "tracker" else None, mirror=mirror)
+               if mode != "detect" else None)
     T = len(seq.frames)
     pts, vis = np.full((T, 68, 2), np.nan), np.ones((T, 68))
     secs, detection = np.zeros(T), np.zeros(T, bool)
     for t, frame in enumerate(seq.frames):
         t0 = time.perf_counter()
-        faces = det.detect(frame) if tracker is None else tracker.update(frame)
+        faces = det.detect(frame, mirror=mirror) if tracker is None else tracker.update(frame)
         secs[t] = time.perf_counter() - t0
         detection[t] = tracker is None or tracker.ran_detection
         face = pick(faces, seq.truth[t])
@@ -262,6 +263,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="One Euro parameters on the unsmoothed tracker's output instead of the modes")
     ap.add_argument("--modes", default=",".join(MODES),
                     help="modes to measure, comma-separated, of %(default)s ('detect' is the slow one)")
+    ap.add_argument("--mirror", action="store_true",
+                    help="mirror averaging on every landmark pass (core.mirror): twice the network's cost per frame; "
+                         "off by default, as in the tracker")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     chosen = [m for m in args.modes.split(",") if m]
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     det = LandmarkDetector(args.model, **({"threads": args.threads} if args.model.suffix == ".onnx" else {}))
     seqs = build_sequences(args.faces, args.masks, args.split, args.faces_per_kind)
     modes = ("raw",) if args.sweep else chosen
-    runs = {m: [run_mode(det, s, m, OneEuro()) for s in Progress(seqs, desc=m, unit="seq")] for m in modes}
+    runs = {m: [run_mode(det, s, m, OneEuro(), args.mirror) for s in Progress(seqs, desc=m, unit="seq")] for m in modes}
     if args.sweep:
         results = {}
         for mc, beta in SWEEP_SHAPE:
@@ -296,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, row in results.items():
         print(f"| {name} | " + " | ".join("n/a" if row[k] is None else f"{row[k]:.3f}" for k in keys) + " |")
     doc = {"model": str(args.model), "split": args.split, "sequences": len(seqs), "frames": FRAMES,
-           "defaults": OneEuro().__dict__, "results": results}
+           "mirror": args.mirror, "defaults": OneEuro().__dict__, "results": results}
     if args.json:
         write_json(args.json, doc)
         print(f"wrote {args.json}")
