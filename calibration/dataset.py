@@ -2,8 +2,14 @@
 
 Both INT8 paths (ModelOpt Q/DQ on the CPU, TensorRT's implicit calibrators on
 8.5-10.x) read the same set, so their scales come from the same pixels. Its
-``key`` names the images, the masks' seed and the preprocessing version; a
-calibration cache carries that key and is refused when it does not match.
+``key`` names the images, the masks' seed, the preprocessing version and the face
+boxes; a calibration cache carries that key and is refused when it does not match.
+
+Framing: the scales should come from crops framed as the engine will see them. The
+teacher's boxes frame the crops when the folder is labelled (train.annotate); a folder
+that is not (a fresh machine, a user's own images) is framed by the shipped face
+detector (runtime.faces: YuNet, corrected to the training framing), the way
+LandmarkDetector.detect finds faces; ``whole`` takes each image as the face crop.
 """
 from __future__ import annotations
 
@@ -19,10 +25,13 @@ from core.data import labels_path, load_labels, read_split
 from core.occlusion import random_training_mask
 from core.preprocess import PREPROCESS_VERSION, ImageError, crop_face, occlude, read_image, to_input
 from core.progress import Progress
+from runtime.faces import detect_faces
 
 # 1024, not 512: INT8 ΔNMSE under 50-60 % occlusion swung from -0.15 to +0.31 between two 512-image draws;
 # two 1024-image draws gave -0.21 and +0.03 (docs/deployment.md). Costs ~0.8 GB of float32 while calibrating.
 DEFAULT_COUNT = 1024
+# where the crops' boxes come from: "auto" is "teacher" for a labelled folder, else "detector"
+FRAMINGS = ("auto", "teacher", "detector", "whole")
 
 
 @dataclass
@@ -30,8 +39,8 @@ class CalibrationSet:
     inputs: np.ndarray  # float32 (N, 3, 256, 256), network-ready
     paths: list[str]
     occluded: np.ndarray  # bool (N,)
-    key: str  # sha256 of (paths, seed, preprocessing version)
-    framing: str  # "teacher boxes" or "whole image"
+    key: str  # sha256 of (paths, seed, preprocessing version, boxes)
+    framing: str  # how the crops were framed, e.g. "teacher boxes", "detector boxes (3 whole: no face found)"
 
     def batches(self, batch: int):
         for i in range(0, len(self.inputs), batch):
@@ -58,16 +67,24 @@ def select_images(faces_dir: Path, count: int = DEFAULT_COUNT, seed: int = 0) ->
     return sorted(paths[i] for i in rng.choice(len(paths), size=count, replace=False))
 
 
-def build_calibration_set(faces_dir: Path, count: int = DEFAULT_COUNT, seed: int = 0) -> CalibrationSet:
+def build_calibration_set(faces_dir: Path, count: int = DEFAULT_COUNT, seed: int = 0,
+                          framing: str = "auto") -> CalibrationSet:
     """Preprocess the selected images; every second one is occluded with a training mask.
 
-    Faces are cropped from their teacher boxes when the folder has been labelled
-    (``train.annotate``); otherwise each image is taken whole, as an aligned crop.
+    ``framing`` (FRAMINGS): the boxes the faces are cropped from (module docstring). An image in which the
+    detector finds no face is taken whole.
     """
+    if framing not in FRAMINGS:
+        raise ValueError(f"calibration framing {framing!r}: choose from {', '.join(FRAMINGS)}")
     faces_dir = Path(faces_dir)
     paths = select_images(faces_dir, count, seed)
+    labelled = labels_path(faces_dir).exists()
+    if framing == "teacher" and not labelled:
+        raise SystemExit(f"{faces_dir}: not labelled, so there are no teacher boxes to calibrate on; run "
+                         f"`python -m train.annotate --faces {faces_dir}` or choose another framing")
+    framing = ("teacher" if labelled else "detector") if framing == "auto" else framing
     boxes = {}
-    if labels_path(faces_dir).exists():
+    if framing == "teacher":
         labels = load_labels(faces_dir, paths)
         boxes = dict(zip(labels.paths, labels.boxes))
     rng = np.random.default_rng([seed, 1])
@@ -78,8 +95,12 @@ def build_calibration_set(faces_dir: Path, count: int = DEFAULT_COUNT, seed: int
         except ImageError as e:
             print(f"skipped: {e}", file=sys.stderr)
             continue
-        box = boxes.get(rel)
-        crop, _ = crop_face(image, box)  # no teacher box: the image is the face crop
+        if framing == "detector":
+            found = detect_faces(image)  # largest first
+            box = found[0] if found else None
+        else:
+            box = boxes.get(rel)
+        crop, _ = crop_face(image, box)  # no box: the image is the face crop
         mask = None
         while i % 2 and mask is None:  # the occluded half: redraw the training generator's clean cases
             mask = random_training_mask(rng)
@@ -89,6 +110,10 @@ def build_calibration_set(faces_dir: Path, count: int = DEFAULT_COUNT, seed: int
         crop_boxes.append(None if box is None else np.round(np.asarray(box, float), 2).tolist())
     if not inputs:
         raise SystemExit(f"{faces_dir}: none of the calibration images could be read")
-    key = calibration_key(used, seed, crop_boxes if boxes else None)
-    return CalibrationSet(np.stack(inputs), used, np.array(occluded), key,
-                          "teacher boxes" if boxes else "whole image")
+    framed = framing != "whole"
+    key = calibration_key(used, seed, crop_boxes if framed else None)
+    whole = sum(b is None for b in crop_boxes)
+    label = {"teacher": "teacher boxes", "detector": "detector boxes", "whole": "whole image"}[framing]
+    if framed and whole:
+        label += f" ({whole} whole: {'no face found' if framing == 'detector' else 'not labelled'})"
+    return CalibrationSet(np.stack(inputs), used, np.array(occluded), key, label)

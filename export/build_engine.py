@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from calibration.calibrator import CalibrationCacheError
+from calibration.dataset import FRAMINGS
 from core.data import DEFAULT_FACES
 from core.files import sha256_file
 from export.engine import DEFAULT_BATCH, DEFAULT_WORKSPACE_MB, build_engine, check_request, onnx_precision
@@ -59,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--calib-faces", type=Path, default=None, metavar="DIR",
                     help=f"CelebA-HQ-style folder for INT8 calibration (its train split; default {DEFAULT_FACES})")
     ap.add_argument("--calib-count", type=positive, default=None, metavar="N", help="calibration images (default 1024)")
+    ap.add_argument("--calib-framing", choices=FRAMINGS, default="auto",
+                    help="face boxes of the calibration crops (calibration.dataset.FRAMINGS; default: %(default)s = "
+                         "teacher when the folder is labelled, else detector)")
     ap.add_argument("--calibrator", choices=["entropy", "minmax"],
                     help="classic implicit INT8 calibration of the FP32 ONNX (TensorRT 8.5-10.x only): "
                          "IInt8EntropyCalibrator2 or IInt8MinMaxCalibrator; calibrates at the OPT batch")
@@ -103,7 +107,8 @@ def validate(args: argparse.Namespace) -> str:
 def calibration_set(args: argparse.Namespace):
     from calibration.dataset import DEFAULT_COUNT, build_calibration_set
 
-    calib = build_calibration_set(args.calib_faces, args.calib_count or DEFAULT_COUNT, seed=0)
+    calib = build_calibration_set(args.calib_faces, args.calib_count or DEFAULT_COUNT, seed=0,
+                                  framing=args.calib_framing)
     print(f"calibration set: {len(calib.paths)} images from {args.calib_faces} "
           f"({int(calib.occluded.sum())} occluded, {calib.framing}), key {calib.key[:12]}")
     return calib

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import onnx
 
-from calibration.dataset import DEFAULT_COUNT, CalibrationSet, build_calibration_set
+from calibration.dataset import DEFAULT_COUNT, FRAMINGS, CalibrationSet, build_calibration_set
 from core.data import DEFAULT_FACES
 from core.files import atomic_write_bytes, check_output_path, sha256_file
 
@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calib-faces", type=Path, default=DEFAULT_FACES,
                     help="CelebA-HQ-style folder; calibration uses its train split (default: %(default)s)")
     ap.add_argument("--calib-count", type=int, default=DEFAULT_COUNT, help="calibration images (default: %(default)s)")
+    ap.add_argument("--calib-framing", choices=FRAMINGS, default="auto",
+                    help="where the calibration crops' face boxes come from: the teacher's labels, the shipped face "
+                         "detector, or the whole image (default: %(default)s = teacher when the folder is labelled, "
+                         "else detector)")
     ap.add_argument("--calib-method", choices=["entropy", "max"], default="entropy",
                     help="activation range calibration (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="calibration image selection seed (default: %(default)s)")
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.fp16:
         print(f"wrote {make_fp16(args.onnx, args.fp16)}")
     if args.int8:
-        calib = build_calibration_set(args.calib_faces, args.calib_count, args.seed)
+        calib = build_calibration_set(args.calib_faces, args.calib_count, args.seed, args.calib_framing)
         print(f"calibration set: {len(calib.paths)} images ({int(calib.occluded.sum())} occluded, "
               f"{calib.framing}), key {calib.key[:12]}")
         print(f"wrote {make_int8(args.onnx, args.int8, calib, args.calib_method, args.verbose)}")

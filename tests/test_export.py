@@ -24,15 +24,29 @@ def test_calibration_set_selection_and_key(small_faces, tmp_cache):
                 if not l.endswith(",train")}
     assert not set(a) & val_test  # training split only
     assert len(select_images(small_faces, 1000)) == 48  # capped at what exists
-    calib = build_calibration_set(small_faces, 24)
+    calib = build_calibration_set(small_faces, 24, framing="whole")
     assert calib.inputs.shape == (24, 3, 256, 256) and calib.inputs.dtype == np.float32
-    assert calib.occluded.tolist() == [False, True] * 12 and calib.framing == "whole image"  # no labels here
+    assert calib.occluded.tolist() == [False, True] * 12 and calib.framing == "whole image"
     assert (calib.inputs[1::2] == -1.0).mean() > (calib.inputs[0::2] == -1.0).mean() + 0.05  # black holes
     assert -1.0 <= calib.inputs.min() and calib.inputs.max() <= 1.0
     assert calib.key == calibration_key(calib.paths, 0) != calibration_key(calib.paths, 1)
     boxes = [[0.0, 0.0, 100.0, 100.0]] * len(calib.paths)  # the same images cropped from labelled boxes
     assert calibration_key(calib.paths, 0, boxes) != calib.key
-    assert calib.key != build_calibration_set(small_faces, 6).key
+    assert calib.key != build_calibration_set(small_faces, 6, framing="whole").key
+
+
+def test_unlabelled_calibration_is_framed_by_the_detector(small_faces, tmp_cache):
+    from calibration.dataset import build_calibration_set
+
+    whole = build_calibration_set(small_faces, 8, framing="whole")
+    found = build_calibration_set(small_faces, 8)  # no labels here: auto frames with the face detector
+    assert found.framing.startswith("detector boxes") and found.paths == whole.paths
+    assert found.key != whole.key  # a cache of the whole-image set is stale for this one
+    assert np.abs(found.inputs[0::2] - whole.inputs[0::2]).mean() > 0.01  # other crops of the same images
+    with pytest.raises(SystemExit, match="not labelled"):
+        build_calibration_set(small_faces, 8, framing="teacher")
+    with pytest.raises(ValueError, match="choose from"):
+        build_calibration_set(small_faces, 8, framing="tight")
 
 
 @pytest.fixture(scope="module")
