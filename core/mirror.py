@@ -7,14 +7,14 @@ off in the video tracker, where the per-frame budget is tight and the smoothing 
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Dict
 
 import numpy as np
 
 from .preprocess import INPUT_SIZE
 from .schema import MIRROR
 
-Outputs = dict[str, np.ndarray]
+Outputs = Dict[str, np.ndarray]  # typing.Dict: the runtime supports Python 3.8 (JetPack 5)
 # A crop pixel's centre column c is column (INPUT_SIZE - 1 - c) of the mirror image (crop_matrix(flip=True)),
 # so a normalised x (pixels / INPUT_SIZE) maps to FLIP_X - x.
 FLIP_X = (INPUT_SIZE - 1) / INPUT_SIZE

@@ -370,9 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--beta", type=float, default=OneEuro.beta,
                     help="video: how fast that cutoff rises with the shape's speed; higher = less lag on expressions "
                          "(default: %(default)s; the pose has its own filter: runtime.tracking.OneEuro)")
-    ap.add_argument("--mirror", action=argparse.BooleanOptionalAction,
-                    help="average each face's outputs with its mirror image's: more accurate, twice the network's "
-                         "cost (default: on for images, off for video, cameras and pipelines)")
+    mirror = ap.add_mutually_exclusive_group()  # not BooleanOptionalAction: the runtime supports Python 3.8
+    mirror.add_argument("--mirror", dest="mirror", action="store_const", const=True,
+                        help="average each face's outputs with its mirror image's: more accurate, twice the network's "
+                             "cost (default: on for images, off for video, cameras and pipelines)")
+    mirror.add_argument("--no-mirror", dest="mirror", action="store_const", const=False,
+                        help="one network pass per face")
     args = ap.parse_args(argv)
 
     def fail(message: str, status: int = 2) -> int:

@@ -180,7 +180,7 @@ def test_int8_from_fp32_makes_the_qdq_artifact_and_builds_from_it(monkeypatch, t
     calib = CalibrationSet(np.zeros((4, 3, 256, 256), np.float32), ["a", "b", "c", "d"],
                            np.array([0, 1, 0, 1], bool), "c" * 64, "whole image")
 
-    def fake_set(faces_dir, count, seed=0):
+    def fake_set(faces_dir, count, seed=0, framing="auto"):
         calls["set"] = (faces_dir, count, seed)
         return calib
 

@@ -62,6 +62,12 @@ def test_single_image_whole_crop(onnx_model, tmp_path):
     assert face["box"] is None
     assert_points_inside(face, *doc["images"][0]["size"])
     assert (out / src.name).is_file()
+    assert doc["mirror"] is True  # still images are mirror-averaged by default
+    single = tmp_path / "single"
+    assert main(["--model", str(onnx_model), "--input", str(src), "--out", str(single), "--whole", "--no-mirror"]) == 0
+    one_pass = json.loads((single / "landmarks.json").read_text())
+    assert one_pass["mirror"] is False
+    assert np.abs(np.subtract(one_pass["images"][0]["faces"][0]["landmarks"], face["landmarks"])).max() > 0.01
 
 
 @needs_data
@@ -115,6 +121,7 @@ def test_video_is_annotated(onnx_model, tmp_path):
         frames.append(ok[1])
     assert len(frames) == 5 and frames[0].shape == (250, 250, 3)
     doc = json.loads((out / "landmarks.json").read_text())
+    assert doc["mirror"] is False  # video: one pass per frame by default
     assert [f["frame"] for f in doc["frames"]] == list(range(5))
     for f in doc["frames"]:
         assert f["faces"], f"no face in frame {f['frame']}"

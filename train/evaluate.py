@@ -174,9 +174,10 @@ def torch_predictor(model, batch: int = 8, mirror: bool = False) -> Predictor:
             return {"landmarks": np.concatenate([p.numpy() for p in parts])}
         return {n: np.concatenate([p[k].numpy() for p in parts]) for k, n in enumerate(OUTPUTS)}
 
-    def predict(crops: np.ndarray) -> dict[str, np.ndarray]:
+    def predict(crops: np.ndarray):
         x = to_input(crops)
-        return mirror_average(run, x) if mirror else run(x)
+        out = mirror_average(run, x) if mirror else run(x)
+        return out if len(out) > 1 else out["landmarks"]  # a landmark-only network: the array, as Predictor says
 
     return predict
 
