@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import re
 import signal
@@ -244,12 +245,21 @@ class FrameReader:
         return max(0, self.count - self.read - len(self.missing)) if self.finished and self.is_file else 0
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM ends a stream like Ctrl-C: the video written so far is kept under its final name."""
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """While streaming, SIGTERM ends the stream like Ctrl-C: the video written so far is kept under its final
+    name. The caller's own SIGTERM handling comes back afterwards (left in place, it was inherited by processes
+    forked later, e.g. a multiprocessing pool, which its terminate() then could not stop)."""
     def handler(signum, frame):
         raise KeyboardInterrupt
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_stream(det: LandmarkDetector, spec: str, out: Path, detector: str, whole: bool,
@@ -272,41 +282,41 @@ def run_stream(det: LandmarkDetector, spec: str, out: Path, detector: str, whole
     window = collections.deque(maxlen=30)  # (faces, seconds) of the last frames: a rate that follows the scene
     n_faces, busy, done = 0, 0.0, 0
     bar = Progress(total=total, unit="frame", desc=name)
-    stop_on_sigterm()
-    try:
-        for index, time_s, frame in reader:
-            frame = ensure_bgr(frame, f"{spec} frame {index}")
-            if writer is None:
-                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, frame.shape[1::-1])
-                if not writer.isOpened():
-                    raise InputError(f"{final}: OpenCV cannot write mp4 video here")
-            t0 = time.perf_counter()
-            if tracker is None:
-                faces = find_faces(det, [frame], detector, whole)[0]
-            else:
-                faces = [face_dict(f, track_id=f.track_id) for f in tracker.update(frame, time_s)]
-            dt = time.perf_counter() - t0
-            busy += dt
-            window.append((len(faces), dt))
-            n_faces += len(faces)
-            secs = sum(s for _, s in window)
-            rate = f"{sum(n for n, _ in window) / secs:.1f} faces/s, {len(window) / secs:.1f} frames/s"
-            writer.write(annotate(frame, faces, rate if show_fps else None))
-            frames.append({"frame": index, "time_s": round(time_s, 3), "faces": to_json(faces)})
-            if not faces:
-                no_face.append(index)
-            bar.update(1)
-            bar.set_postfix_str(rate)
-            done += 1
-            if max_frames is not None and done >= max_frames:
-                break
-    except KeyboardInterrupt:
-        bar.write("interrupted: keeping the frames done so far")
-    finally:
-        bar.close()
-        cap.release()
-        if writer is not None:
-            writer.release()
+    with stop_on_sigterm():
+        try:
+            for index, time_s, frame in reader:
+                frame = ensure_bgr(frame, f"{spec} frame {index}")
+                if writer is None:
+                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, frame.shape[1::-1])
+                    if not writer.isOpened():
+                        raise InputError(f"{final}: OpenCV cannot write mp4 video here")
+                t0 = time.perf_counter()
+                if tracker is None:
+                    faces = find_faces(det, [frame], detector, whole)[0]
+                else:
+                    faces = [face_dict(f, track_id=f.track_id) for f in tracker.update(frame, time_s)]
+                dt = time.perf_counter() - t0
+                busy += dt
+                window.append((len(faces), dt))
+                n_faces += len(faces)
+                secs = sum(s for _, s in window)
+                rate = f"{sum(n for n, _ in window) / secs:.1f} faces/s, {len(window) / secs:.1f} frames/s"
+                writer.write(annotate(frame, faces, rate if show_fps else None))
+                frames.append({"frame": index, "time_s": round(time_s, 3), "faces": to_json(faces)})
+                if not faces:
+                    no_face.append(index)
+                bar.update(1)
+                bar.set_postfix_str(rate)
+                done += 1
+                if max_frames is not None and done >= max_frames:
+                    break
+        except KeyboardInterrupt:
+            bar.write("interrupted: keeping the frames done so far")
+        finally:
+            bar.close()
+            cap.release()
+            if writer is not None:
+                writer.release()
     if writer is None:
         raise InputError(f"{spec}: no frame could be read")
     os.replace(tmp, final)

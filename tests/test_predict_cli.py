@@ -106,6 +106,9 @@ def test_output_folder_may_not_be_the_input_folder(onnx_model, tmp_path, capsys)
 @needs_data
 @needs_detector
 def test_video_is_annotated(onnx_model, tmp_path):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
     clip = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (250, 250))
     for src in real(3):
@@ -120,6 +123,7 @@ def test_video_is_annotated(onnx_model, tmp_path):
     while (ok := cap.read())[0]:
         frames.append(ok[1])
     assert len(frames) == 5 and frames[0].shape == (250, 250, 3)
+    assert signal.getsignal(signal.SIGTERM) is before  # the stream's SIGTERM handling ends with the stream
     doc = json.loads((out / "landmarks.json").read_text())
     assert doc["mirror"] is False  # video: one pass per frame by default
     assert [f["frame"] for f in doc["frames"]] == list(range(5))
