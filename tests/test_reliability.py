@@ -294,6 +294,12 @@ class InlinePool:
     def imap_unordered(self, fn, jobs, chunksize=1):
         return map(fn, jobs)
 
+    def close(self):
+        pass
+
+    def join(self):
+        pass
+
 
 def test_annotate_continues_a_killed_run_and_ends_with_identical_labels(monkeypatch, tmp_path):
     from train import annotate

@@ -154,6 +154,10 @@ def annotate(faces_dir: Path, split: str | None = None, workers: int = 2, out: P
                 records[rel] = new[rel] = (status, rec)
                 if done % PROGRESS_EVERY == 0:
                     atomic_write_bytes(partial, _labels_doc(header, new))
+            # let the workers finish on their own: leaving the block terminates them by signal, which hung a
+            # fresh-clone CI run (a worker stayed blocked on the task queue's lock while the pool joined it)
+            pool.close()
+            pool.join()
     if new:
         atomic_write_bytes(out, _labels_doc(header, records))
     partial.unlink(missing_ok=True)
