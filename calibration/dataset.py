@@ -6,13 +6,14 @@ Both INT8 paths (ModelOpt Q/DQ on the CPU, TensorRT's implicit calibrators on
 boxes; a calibration cache carries that key and is refused when it does not match.
 
 Framing: the scales should come from crops framed as the engine will see them. The
-teacher's boxes frame the crops when the folder is labelled (train.annotate); a folder
-that is not (a fresh machine, a user's own images) is framed by the shipped face
-detector (runtime.faces: YuNet, corrected to the training framing), the way
-LandmarkDetector.detect finds faces; ``whole`` takes each image as the face crop.
+teacher's boxes frame the images that are labelled (train.annotate); the others (a
+fresh machine, where only the test faces get labelled; a user's own images) are framed
+by the shipped face detector (runtime.faces: YuNet, corrected to the training framing),
+the way LandmarkDetector.detect finds faces; ``whole`` takes each image as the face crop.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import sys
@@ -40,7 +41,7 @@ class CalibrationSet:
     paths: list[str]
     occluded: np.ndarray  # bool (N,)
     key: str  # sha256 of (paths, seed, preprocessing version, boxes)
-    framing: str  # how the crops were framed, e.g. "teacher boxes", "detector boxes (3 whole: no face found)"
+    framing: str  # how the crops were framed: "teacher boxes", or counts such as "detector boxes 1020, whole image 4"
 
     def batches(self, batch: int):
         for i in range(0, len(self.inputs), batch):
@@ -71,35 +72,33 @@ def build_calibration_set(faces_dir: Path, count: int = DEFAULT_COUNT, seed: int
                           framing: str = "auto") -> CalibrationSet:
     """Preprocess the selected images; every second one is occluded with a training mask.
 
-    ``framing`` (FRAMINGS): the boxes the faces are cropped from (module docstring). An image in which the
-    detector finds no face is taken whole.
+    ``framing`` (FRAMINGS): the boxes the faces are cropped from (module docstring). "auto" crops each labelled
+    image from its teacher box and every other one from the detector's; an image left without a box (not
+    labelled, no face found) is taken whole.
     """
     if framing not in FRAMINGS:
         raise ValueError(f"calibration framing {framing!r}: choose from {', '.join(FRAMINGS)}")
     faces_dir = Path(faces_dir)
     paths = select_images(faces_dir, count, seed)
-    labelled = labels_path(faces_dir).exists()
-    if framing == "teacher" and not labelled:
-        raise SystemExit(f"{faces_dir}: not labelled, so there are no teacher boxes to calibrate on; run "
-                         f"`python -m train.annotate --faces {faces_dir}` or choose another framing")
-    framing = ("teacher" if labelled else "detector") if framing == "auto" else framing
-    boxes = {}
-    if framing == "teacher":
-        labels = load_labels(faces_dir, paths)
-        boxes = dict(zip(labels.paths, labels.boxes))
+    teacher = {}
+    if framing in ("auto", "teacher") and labels_path(faces_dir).exists():
+        labels = load_labels(faces_dir, paths)  # the selected images that are labelled
+        teacher = dict(zip(labels.paths, labels.boxes))
+    if framing == "teacher" and not teacher:
+        raise SystemExit(f"{faces_dir}: its calibration images are not labelled, so there are no teacher boxes to "
+                         f"calibrate on; run `python -m train.annotate --faces {faces_dir}` or choose another framing")
     rng = np.random.default_rng([seed, 1])
-    inputs, used, occluded, crop_boxes = [], [], [], []
+    inputs, used, occluded, crop_boxes, sources = [], [], [], [], []
     for i, rel in enumerate(Progress(paths, desc="calibration set", unit="img")):
         try:
             image = read_image(faces_dir / rel)
         except ImageError as e:
             print(f"skipped: {e}", file=sys.stderr)
             continue
-        if framing == "detector":
+        box, source = teacher.get(rel), "teacher boxes"
+        if box is None and framing in ("auto", "detector"):
             found = detect_faces(image)  # largest first
-            box = found[0] if found else None
-        else:
-            box = boxes.get(rel)
+            box, source = (found[0] if found else None), "detector boxes"
         crop, _ = crop_face(image, box)  # no box: the image is the face crop
         mask = None
         while i % 2 and mask is None:  # the occluded half: redraw the training generator's clean cases
@@ -108,12 +107,10 @@ def build_calibration_set(faces_dir: Path, count: int = DEFAULT_COUNT, seed: int
         used.append(rel)
         occluded.append(mask is not None)
         crop_boxes.append(None if box is None else np.round(np.asarray(box, float), 2).tolist())
+        sources.append(source if box is not None else "whole image")
     if not inputs:
         raise SystemExit(f"{faces_dir}: none of the calibration images could be read")
-    framed = framing != "whole"
-    key = calibration_key(used, seed, crop_boxes if framed else None)
-    whole = sum(b is None for b in crop_boxes)
-    label = {"teacher": "teacher boxes", "detector": "detector boxes", "whole": "whole image"}[framing]
-    if framed and whole:
-        label += f" ({whole} whole: {'no face found' if framing == 'detector' else 'not labelled'})"
+    key = calibration_key(used, seed, None if framing == "whole" else crop_boxes)
+    counts = collections.Counter(sources)
+    label = ", ".join(f"{name} {n}" for name, n in counts.most_common()) if len(counts) > 1 else sources[0]
     return CalibrationSet(np.stack(inputs), used, np.array(occluded), key, label)

@@ -35,7 +35,7 @@ def test_calibration_set_selection_and_key(small_faces, tmp_cache):
     assert calib.key != build_calibration_set(small_faces, 6, framing="whole").key
 
 
-def test_unlabelled_calibration_is_framed_by_the_detector(small_faces, tmp_cache):
+def test_unlabelled_calibration_is_framed_by_the_detector(small_faces, tmp_cache, monkeypatch):
     from calibration.dataset import build_calibration_set
 
     whole = build_calibration_set(small_faces, 8, framing="whole")
@@ -45,6 +45,19 @@ def test_unlabelled_calibration_is_framed_by_the_detector(small_faces, tmp_cache
     assert np.abs(found.inputs[0::2] - whole.inputs[0::2]).mean() > 0.01  # other crops of the same images
     with pytest.raises(SystemExit, match="not labelled"):
         build_calibration_set(small_faces, 8, framing="teacher")
+    # labels for some images only (a fresh machine labels the test faces): teacher boxes where they exist
+    from types import SimpleNamespace
+
+    import calibration.dataset
+
+    box = (30.0, 30.0, 200.0, 200.0)
+    monkeypatch.setattr(calibration.dataset, "labels_path", lambda faces_dir: small_faces / "splits.csv")
+    monkeypatch.setattr(calibration.dataset, "load_labels",
+                        lambda faces_dir, paths: SimpleNamespace(paths=[found.paths[0]], boxes=[box]))
+    mixed = build_calibration_set(small_faces, 8)
+    assert mixed.framing.startswith("detector boxes 7") and "teacher boxes 1" in mixed.framing
+    assert mixed.key != found.key and np.array_equal(mixed.inputs[1:], found.inputs[1:])
+    assert build_calibration_set(small_faces, 8, framing="teacher").framing == "whole image 7, teacher boxes 1"
     with pytest.raises(ValueError, match="choose from"):
         build_calibration_set(small_faces, 8, framing="tight")
 
