@@ -31,7 +31,7 @@ from runtime.faces import detect_faces
 # 1024, not 512: INT8 ΔNMSE under 50-60 % occlusion swung from -0.15 to +0.31 between two 512-image draws;
 # two 1024-image draws gave -0.21 and +0.03 (docs/deployment.md). Costs ~0.8 GB of float32 while calibrating.
 DEFAULT_COUNT = 1024
-# where the crops' boxes come from: "auto" is "teacher" for a labelled folder, else "detector"
+# where the crops' boxes come from: "auto" is the teacher's box for a labelled image, else the detector's
 FRAMINGS = ("auto", "teacher", "detector", "whole")
 
 

@@ -2,7 +2,7 @@
 
 The network is trained on mirrored faces as often as on plain ones (train.dataset), so its errors on the two
 are partly independent; their average is more accurate (val, all faces: NMSE 3.6-7.9 % lower in every
-condition, docs/recipe.md) at twice the network's cost. The runtime does it for still images and leaves it
+condition, README) at twice the network's cost. The runtime does it for still images and leaves it
 off in the video tracker, where the per-frame budget is tight and the smoothing averages over frames instead.
 """
 from __future__ import annotations

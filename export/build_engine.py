@@ -62,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--calib-count", type=positive, default=None, metavar="N", help="calibration images (default 1024)")
     ap.add_argument("--calib-framing", choices=FRAMINGS, default="auto",
                     help="face boxes of the calibration crops (calibration.dataset.FRAMINGS; default: %(default)s = "
-                         "teacher when the folder is labelled, else detector)")
+                         "the teacher's box for each labelled image, the detector's for the others)")
     ap.add_argument("--calibrator", choices=["entropy", "minmax"],
                     help="classic implicit INT8 calibration of the FP32 ONNX (TensorRT 8.5-10.x only): "
                          "IInt8EntropyCalibrator2 or IInt8MinMaxCalibrator; calibrates at the OPT batch")

@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calib-count", type=int, default=DEFAULT_COUNT, help="calibration images (default: %(default)s)")
     ap.add_argument("--calib-framing", choices=FRAMINGS, default="auto",
                     help="where the calibration crops' face boxes come from: the teacher's labels, the shipped face "
-                         "detector, or the whole image (default: %(default)s = teacher when the folder is labelled, "
-                         "else detector)")
+                         "detector, or the whole image (default: %(default)s = the teacher's box for each labelled "
+                         "image, the detector's for the others)")
     ap.add_argument("--calib-method", choices=["entropy", "max"], default="entropy",
                     help="activation range calibration (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="calibration image selection seed (default: %(default)s)")

@@ -92,21 +92,19 @@ class LandmarkDetector:
             mats.append(m)
             used.append(tuple(float(v) for v in box))
         mirror = self.mirror if mirror is None else mirror
-        # a mirrored call runs each crop twice in one batch: half as many crops per call
-        step = max(1, self.batch_size // 2) if mirror else self.batch_size
         out: list[FaceLandmarks] = []
-        for start in range(0, len(crops), step):
-            x = to_input(np.stack(crops[start:start + step]))
-            res = mirror_average(self._run, x) if mirror else self.backend.run(x)
+        for start in range(0, len(crops), self.batch_size):
+            x = to_input(np.stack(crops[start:start + self.batch_size]))
+            res = mirror_average(self._run, x) if mirror else self._run(x)
             pred, vis, score = landmarks_output(res), res.get("visibility"), res.get("face_score")
-            for k, m in enumerate(mats[start:start + step]):
+            for k, m in enumerate(mats[start:start + self.batch_size]):
                 out.append(FaceLandmarks(used[start + k], output_to_image(pred[k], m),
                                          None if vis is None else vis[k],
                                          None if score is None else float(score[k])))
         return out
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """The backend on x in batches it accepts (an engine built for batch 1 takes a mirrored pair in two)."""
+        """The backend on x in batches of at most batch_size (a mirrored call doubles the crops)."""
         if len(x) <= self.batch_size:
             return self.backend.run(x)
         parts = [self.backend.run(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]

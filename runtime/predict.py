@@ -419,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ImageError, FileNotFoundError, ValueError, RuntimeError) as e:
         return fail(str(e))
     doc = {"model": str(args.model), "backend": det.backend.name, "precision": det.backend.precision,
-           "detector": detector, "mirror": mirror, "input": spec, "points": "68 iBUG landmarks (x, y) in image pixels", **doc}
+           "detector": detector, "mirror": mirror, "input": spec,
+           "points": "68 iBUG landmarks (x, y) in image pixels", **doc}
     write_json(args.out / "landmarks.json", doc, indent=None)
     return status
 

@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\n{format_table(summary, key, fmt)}")
     doc = {"model": str(args.model), "split": args.split, "found_iou": FOUND_IOU, "fail_nmse": FAIL_NMSE,
            "candidate_score": CANDIDATE_SCORE, "face_score_min": FACE_SCORE_MIN, "max_side": args.max_side,
-           "mirror": args.mirror, "frame": args.frame, "face_size": args.face_size if args.frame else None, "pipelines": summary}
+           "mirror": args.mirror, "frame": args.frame, "face_size": args.face_size if args.frame else None,
+           "pipelines": summary}
     if args.json:
         write_json(args.json, doc)
         print(f"wrote {args.json}")

@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(args.checkpoint)
     if not args.masks.is_dir():
         raise SystemExit(f"{args.masks}: Liu et al. mask folder not found (--masks)")
-    result, _ = evaluate(torch_predictor(model, mirror=args.mirror), args.faces, args.masks, args.split, args.limit, args.seed,
-                         threshold=args.yaw_threshold)
+    result, _ = evaluate(torch_predictor(model, mirror=args.mirror), args.faces, args.masks, args.split, args.limit,
+                         args.seed, threshold=args.yaw_threshold)
     result["ms_per_face"] = torch_ms_per_face(model)
     print(format_tables(result))
     print(f"\nPyTorch batch-1 forward: {result['ms_per_face']:.2f} ms per face (median); "
