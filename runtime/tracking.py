@@ -165,16 +165,31 @@ class Track:
         if vis is not None and (vis >= VISIBLE).all():
             self.shape = np.asarray(self.face.landmarks, np.float64)
 
-    def crop_box(self):
-        """The next frame's crop: the box of the landmarks, or, with points hidden, of the last unoccluded
-        shape moved onto the visible ones: the hidden points are the model's guesses, and a crop built on
-        them can drift off the face while the occluder stays."""
+    def remembered(self) -> Optional[np.ndarray]:
+        """The last unoccluded shape moved onto this frame's visible points (least-squares similarity), or None
+        when there is none, no point is hidden or too few are visible to place it."""
         vis = self.face.visibility
         seen = None if vis is None else vis >= VISIBLE
         if self.shape is None or seen is None or seen.all() or seen.sum() < MIN_FIT_POINTS:
-            return box_from_landmarks(self.face.landmarks)
+            return None
         m = similarity(self.shape[seen], np.asarray(self.face.landmarks, np.float64)[seen])
-        return box_from_landmarks(self.shape @ m[:, :2].T + m[:, 2])
+        return self.shape @ m[:, :2].T + m[:, 2]
+
+    def crop_box(self):
+        """The next frame's crop: the box of the landmarks, or, with points hidden, of the remembered shape:
+        the hidden points are the model's guesses, and a crop built on them can drift off the face while the
+        occluder stays."""
+        shape = self.remembered()
+        return box_from_landmarks(self.face.landmarks if shape is None else shape)
+
+    def landmarks(self, complete_hidden: bool) -> np.ndarray:
+        """This frame's output points: the model's, or with ``complete_hidden`` each point blended between the
+        model's guess and the remembered shape by the probability that it is visible."""
+        shape = self.remembered() if complete_hidden else None
+        if shape is None:
+            return self.face.landmarks
+        v = np.asarray(self.face.visibility, np.float64)[:, None]
+        return (v * self.face.landmarks + (1 - v) * shape).astype(np.float32)
 
 
 class FaceTracker:
@@ -186,13 +201,15 @@ class FaceTracker:
     rate assumed when update() gets no timestamp; ``max_faces``: the most faces tracked (largest kept);
     ``detect_max_side``: the longest side frames are shrunk to for the face detector; ``mirror``: mirror
     averaging (core.mirror) on every landmark pass, off by default: it doubles a tracked frame's cost, and the
-    smoothing already averages over frames.
+    smoothing already averages over frames; ``complete_hidden``: output each point blended between the
+    model's guess and the track's remembered unoccluded shape by its visibility (Track.landmarks; the
+    numbers are in docs/end_to_end.md).
     """
 
     def __init__(self, landmarker: "LandmarkDetector", detector: str = "auto", detect_every: int = 30,
                  lost_score: float = 0.5, smoothing: Optional[OneEuro] = OneEuro(), fps: float = 30.0,
                  max_faces: Optional[int] = None, detect_max_side: int = VIDEO_DETECT_MAX_SIDE,
-                 mirror: bool = False):
+                 mirror: bool = False, complete_hidden: bool = True):
         if detect_every < 1:
             raise ValueError(f"detect_every must be at least 1, got {detect_every}")
         if fps <= 0:
@@ -201,6 +218,7 @@ class FaceTracker:
         self.detector = load_detector(detector)
         self.detect_every, self.lost_score, self.smoothing = detect_every, lost_score, smoothing
         self.fps, self.max_faces, self.detect_max_side, self.mirror = fps, max_faces, detect_max_side, mirror
+        self.complete_hidden = complete_hidden
         self.tracks: List[Track] = []
         self.frame_index = -1
         self.last_detection = None  # frame index of the last detection
@@ -229,7 +247,7 @@ class FaceTracker:
         out = []
         for track in self.tracks:
             face = track.face
-            points = face.landmarks
+            points = track.landmarks(self.complete_hidden)
             if track.filter is not None:
                 points = track.filter(points, t, face.visibility)
             out.append(TrackedFace(face.box, points, face.visibility, face.score, track.id, track.id in new_ids))

@@ -234,6 +234,28 @@ def test_with_points_hidden_the_next_crop_follows_the_visible_ones():
     np.testing.assert_allclose(track.shape, guessed)
 
 
+def test_hidden_points_are_completed_from_the_remembered_shape_by_their_visibility():
+    """complete_hidden: a hidden point's output leaves the model's guess for the last unoccluded shape moved
+    onto the visible points, in proportion to how surely it is hidden; visible points stay the model's."""
+    from runtime.detector import FaceLandmarks
+    from runtime.tracking import Track
+
+    rng = np.random.default_rng(1)
+    shape = rng.uniform(100, 200, (68, 2))
+    track = Track(1, FaceLandmarks((0, 0, 1, 1), shape, np.ones(68), 0.9), smoothing=None)
+    moved = shape * 0.9 + (12.0, 4.0)
+    guessed = moved + np.where((np.arange(68) < 30)[:, None], rng.normal(0, 10, (68, 2)), 0.0)
+    visibility = np.r_[np.zeros(20), np.full(10, 0.25), np.ones(38)]
+    track.face = FaceLandmarks((0, 0, 1, 1), guessed, visibility, 0.9)
+    out = track.landmarks(complete_hidden=True)
+    np.testing.assert_allclose(out[:20], moved[:20], atol=1e-4)  # surely hidden: the remembered shape
+    np.testing.assert_allclose(out[20:30], 0.25 * guessed[20:30] + 0.75 * moved[20:30], atol=1e-4)
+    np.testing.assert_allclose(out[30:], guessed[30:], atol=1e-4)
+    np.testing.assert_array_equal(track.landmarks(complete_hidden=False), guessed)
+    track.face = FaceLandmarks((0, 0, 1, 1), guessed, np.ones(68), 0.9)  # nothing hidden: the model's points
+    np.testing.assert_array_equal(track.landmarks(complete_hidden=True), guessed)
+
+
 @needs_data
 def test_the_tracker_detects_at_its_own_frame_side(onnx_model, faces_val):
     import cv2

@@ -15,7 +15,7 @@ without a tracker, as before tracking existed):
   jitter        mean over points and frame pairs of |(p_t - p_t-1) - (g_t - g_t-1)|: how much the points'
                 motion departs from the face's, in px and in % of the inter-pupil distance; unoccluded
                 frames of steady sequences
-  nmse          mean NMSE (%) over the frames where the face was returned
+  nmse          mean NMSE (%) over the frames where the face was returned (nmse_occluded: the occluded ones)
   tracked       share of occluded frames (the occluder covers >= 10 % of the face box) with the face
                 returned and NMSE < 15 (also per occluder in the JSON); returned: with the face returned
   ms tracked / ms detection   median time of an update without / with face detection
@@ -186,9 +186,10 @@ def pick(faces, truth: np.ndarray):
     return faces[int(np.argmax(overlap))] if overlap and max(overlap) > 0.3 else None
 
 
-def run_mode(det: LandmarkDetector, seq: Sequence, mode: str, smoothing: OneEuro, mirror: bool = False) -> Track:
-    tracker = (det.tracker(smoothing=smoothing if mode == "tracker" else None, mirror=mirror)
-               if mode != "detect" else None)
+def run_mode(det: LandmarkDetector, seq: Sequence, mode: str, smoothing: OneEuro, mirror: bool = False,
+             complete_hidden: bool = True) -> Track:
+    tracker = (det.tracker(smoothing=smoothing if mode == "tracker" else None, mirror=mirror,
+                           complete_hidden=complete_hidden) if mode != "detect" else None)
     T = len(seq.frames)
     pts, vis = np.full((T, 68, 2), np.nan), np.ones((T, 68))
     secs, detection = np.zeros(T), np.zeros(T, bool)
@@ -219,12 +220,13 @@ def smooth(raw: Track, params: OneEuro, fps: float = 30.0) -> np.ndarray:
 
 
 def metrics(seqs: list[Sequence], points: list[np.ndarray], tracks: list[Track] | None = None) -> dict:
-    jit_px, jit_pct, errors, tracked, returned = [], [], [], [], []
+    jit_px, jit_pct, errors, occluded_errors, tracked, returned = [], [], [], [], [], []
     by_occluder: dict = {}
     for seq, p in zip(seqs, points):
         e = np.array([nmse_per_face(p[t], seq.truth[t]) if not np.isnan(p[t]).any() else np.nan
                       for t in range(len(p))])
         errors += list(e[~np.isnan(e)])
+        occluded_errors += list(e[seq.occluded & ~np.isnan(e)])
         ok = list(np.nan_to_num(e[seq.occluded], nan=np.inf) < FAIL_NMSE)
         tracked += ok
         by_occluder.setdefault(seq.occluder, []).extend(ok)
@@ -238,6 +240,7 @@ def metrics(seqs: list[Sequence], points: list[np.ndarray], tracks: list[Track] 
     out = {"jitter_px": float(np.mean(jit_px)) if jit_px else None,
            "jitter_pct_ipd": float(np.mean(jit_pct)) if jit_pct else None,
            "nmse": float(np.mean(errors)) if errors else None,
+           "nmse_occluded": float(np.mean(occluded_errors)) if occluded_errors else None,
            "occluded_frames": len(tracked),
            "occluded_tracked": float(np.mean(tracked)) if tracked else None,
            "occluded_returned": float(np.mean(returned)) if returned else None}
@@ -266,6 +269,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--mirror", action="store_true",
                     help="mirror averaging on every landmark pass (core.mirror): twice the network's cost per frame; "
                          "off by default, as in the tracker")
+    ap.add_argument("--no-complete-hidden", dest="complete_hidden", action="store_false",
+                    help="output the model's guesses for hidden points instead of blending them with the track's "
+                         "remembered shape (FaceTracker complete_hidden)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     chosen = [m for m in args.modes.split(",") if m]
@@ -276,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
     det = LandmarkDetector(args.model, **({"threads": args.threads} if args.model.suffix == ".onnx" else {}))
     seqs = build_sequences(args.faces, args.masks, args.split, args.faces_per_kind)
     modes = ("raw",) if args.sweep else chosen
-    runs = {m: [run_mode(det, s, m, OneEuro(), args.mirror) for s in Progress(seqs, desc=m, unit="seq")] for m in modes}
+    runs = {m: [run_mode(det, s, m, OneEuro(), args.mirror, args.complete_hidden) for s in Progress(seqs, desc=m, unit="seq")] for m in modes}
     if args.sweep:
         results = {}
         for mc, beta in SWEEP_SHAPE:
@@ -300,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, row in results.items():
         print(f"| {name} | " + " | ".join("n/a" if row[k] is None else f"{row[k]:.3f}" for k in keys) + " |")
     doc = {"model": str(args.model), "split": args.split, "sequences": len(seqs), "frames": FRAMES,
-           "mirror": args.mirror, "defaults": OneEuro().__dict__, "results": results}
+           "mirror": args.mirror, "complete_hidden": args.complete_hidden, "defaults": OneEuro().__dict__, "results": results}
     if args.json:
         write_json(args.json, doc)
         print(f"wrote {args.json}")
