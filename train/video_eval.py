@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
     det = LandmarkDetector(args.model, **({"threads": args.threads} if args.model.suffix == ".onnx" else {}))
     seqs = build_sequences(args.faces, args.masks, args.split, args.faces_per_kind)
     modes = ("raw",) if args.sweep else chosen
-    runs = {m: [run_mode(det, s, m, OneEuro(), args.mirror, args.complete_hidden) for s in Progress(seqs, desc=m, unit="seq")] for m in modes}
+    runs = {m: [run_mode(det, s, m, OneEuro(), args.mirror, args.complete_hidden)
+                for s in Progress(seqs, desc=m, unit="seq")] for m in modes}
     if args.sweep:
         results = {}
         for mc, beta in SWEEP_SHAPE:
@@ -306,7 +307,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, row in results.items():
         print(f"| {name} | " + " | ".join("n/a" if row[k] is None else f"{row[k]:.3f}" for k in keys) + " |")
     doc = {"model": str(args.model), "split": args.split, "sequences": len(seqs), "frames": FRAMES,
-           "mirror": args.mirror, "complete_hidden": args.complete_hidden, "defaults": OneEuro().__dict__, "results": results}
+           "mirror": args.mirror, "complete_hidden": args.complete_hidden, "defaults": OneEuro().__dict__,
+           "results": results}
     if args.json:
         write_json(args.json, doc)
         print(f"wrote {args.json}")
