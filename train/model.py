@@ -194,6 +194,12 @@ class PointSampler(nn.Module):
         return self.out(self.act(h).reshape(-1, hidden)).reshape(-1, points_n)
 
 
+# Cells farther than ~7 from the point all weigh exp(-25) ~ 1e-11: nothing next to the centre's ~2.5, but never
+# a subnormal float, which the untruncated Gaussian gives at 13-14 cells and which x86 CPUs multiply ~100 times
+# slower (with FP32 ONNX Runtime on an Intel Xeon this sampler took 8.6 of a crop's 12 ms)
+FAR_CELLS_D2 = 50.0
+
+
 def sample(m: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """(N, C, S, S) square map averaged under a Gaussian one cell wide at each of (N, K, 2) points -> (N, K, C).
 
@@ -203,7 +209,7 @@ def sample(m: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     grid = torch.arange(side, dtype=m.dtype, device=m.device)
     cells = (points * side - 0.5).clamp(0, side - 1)  # cell j's centre is at (j + 0.5) / side
     d = grid - cells[..., None]
-    w = torch.exp(-0.5 * d * d)  # (N, K, 2, S)
+    w = torch.exp(-0.5 * (d * d).clamp(0, FAR_CELLS_D2))  # (N, K, 2, S)
     w = w / w.sum(-1, keepdim=True)
     wx, wy = w[:, :, 0].transpose(1, 2), w[:, :, 1].transpose(1, 2)[:, None]  # (N, S, K), (N, 1, S, K)
     # rows first, as one (C*S, S) x (S, K) product per crop: a batched product per channel is slower
