@@ -151,6 +151,15 @@ ops, so INT8 is *slower* than FP32 here; the INT8 file exists for TensorRT, whic
 into INT8 kernels. {fp16_on_cpu(bench)} Those two files' speed must be measured
 on the GPU (method below).
 
+**Subnormal floats** (thirteenth session): until then the visibility head's point sampler weighed every map
+cell by an untruncated Gaussian, whose weights 13-14 cells from the point are subnormal floats, which x86 CPUs
+multiply about a hundred times slower than normal ones. On the twelfth session's Intel Xeon that made the FP32
+file 3.6x slower than FP16 at batch 1 (6.1 against 1.7 ms per face: the FP16 conversion had flushed them) and a
+one-thread tracked video frame 12.8 ms, 8.6 ms of it in the sampler's MatMul; the AMD EPYC of the earlier
+sessions paid less (FP32 3.99 against FP16 2.79 ms). The far weights now stop at exp(-25) (`FAR_CELLS_D2` in
+`train/model.py`): the same outputs (0.001 px at most, the same checkpoint), and on that Xeon FP32 runs at
+FP16's speed (this table). Re-export ONNX files made before it.
+
 **Why we do not beat dlib's shape predictor on this CPU** (one-off measurements, 2026-11-25, the 2-core
 Xeon with AVX-512 VNNI these figures come from, batch 1, medians of 300 interleaved calls):
 - The network itself is the cost: an ONNX Runtime profile spreads it over the ~55 convolutions, none
