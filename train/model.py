@@ -200,17 +200,22 @@ class PointSampler(nn.Module):
 FAR_CELLS_D2 = 50.0
 
 
+def cell_weights(points: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, K, 2) points -> (N, K, 2, side): each coordinate's normalised Gaussian weights over the cells of its axis."""
+    grid = torch.arange(side, dtype=points.dtype, device=points.device)
+    cells = (points * side - 0.5).clamp(0, side - 1)  # cell j's centre is at (j + 0.5) / side
+    d = grid - cells[..., None]
+    w = torch.exp(-0.5 * (d * d).clamp(0, FAR_CELLS_D2))
+    return w / w.sum(-1, keepdim=True)
+
+
 def sample(m: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """(N, C, S, S) square map averaged under a Gaussian one cell wide at each of (N, K, 2) points -> (N, K, C).
 
     Points outside the crop read the nearest border cells.
     """
     channels, side = m.shape[1], m.shape[-1]
-    grid = torch.arange(side, dtype=m.dtype, device=m.device)
-    cells = (points * side - 0.5).clamp(0, side - 1)  # cell j's centre is at (j + 0.5) / side
-    d = grid - cells[..., None]
-    w = torch.exp(-0.5 * (d * d).clamp(0, FAR_CELLS_D2))  # (N, K, 2, S)
-    w = w / w.sum(-1, keepdim=True)
+    w = cell_weights(points.to(m.dtype), side)
     wx, wy = w[:, :, 0].transpose(1, 2), w[:, :, 1].transpose(1, 2)[:, None]  # (N, S, K), (N, 1, S, K)
     # rows first, as one (C*S, S) x (S, K) product per crop: a batched product per channel is slower
     rows = (m.reshape(-1, channels * side, side) @ wx).reshape(-1, channels, side, wx.shape[-1])
