@@ -165,6 +165,11 @@ class Track:
         if vis is not None and (vis >= VISIBLE).all():
             self.shape = np.asarray(self.face.landmarks, np.float64)
 
+    def has_hidden(self) -> bool:
+        """Whether the model called any point of the latest frame hidden."""
+        vis = self.face.visibility
+        return vis is not None and bool((vis < VISIBLE).any())
+
     def remembered(self) -> Optional[np.ndarray]:
         """The last unoccluded shape moved onto this frame's visible points (least-squares similarity), or None
         when there is none, no point is hidden or too few are visible to place it."""
@@ -201,7 +206,8 @@ class FaceTracker:
     rate assumed when update() gets no timestamp; ``max_faces``: the most faces tracked (largest kept);
     ``detect_max_side``: the longest side frames are shrunk to for the face detector; ``mirror``: mirror
     averaging (core.mirror) on every landmark pass, off by default: it doubles a tracked frame's cost, and the
-    smoothing already averages over frames; ``complete_hidden``: output each point blended between the
+    smoothing already averages over frames; ``mirror_hidden``: mirror averaging only for tracks whose latest
+    frame had a hidden point (an occluder is on the face), where one pass is least accurate; ``complete_hidden``: output each point blended between the
     model's guess and the track's remembered unoccluded shape by its visibility (Track.landmarks; the
     numbers are in docs/end_to_end.md).
     """
@@ -209,7 +215,7 @@ class FaceTracker:
     def __init__(self, landmarker: "LandmarkDetector", detector: str = "auto", detect_every: int = 30,
                  lost_score: float = 0.5, smoothing: Optional[OneEuro] = OneEuro(), fps: float = 30.0,
                  max_faces: Optional[int] = None, detect_max_side: int = VIDEO_DETECT_MAX_SIDE,
-                 mirror: bool = False, complete_hidden: bool = True):
+                 mirror: bool = False, mirror_hidden: bool = False, complete_hidden: bool = True):
         if detect_every < 1:
             raise ValueError(f"detect_every must be at least 1, got {detect_every}")
         if fps <= 0:
@@ -218,12 +224,13 @@ class FaceTracker:
         self.detector = load_detector(detector)
         self.detect_every, self.lost_score, self.smoothing = detect_every, lost_score, smoothing
         self.fps, self.max_faces, self.detect_max_side, self.mirror = fps, max_faces, detect_max_side, mirror
-        self.complete_hidden = complete_hidden
+        self.mirror_hidden, self.complete_hidden = mirror_hidden, complete_hidden
         self.tracks: List[Track] = []
         self.frame_index = -1
         self.last_detection = None  # frame index of the last detection
         self.lost = False  # a track ended while following this frame: detect on it
         self.ran_detection = False  # whether the last update() ran the face detector
+        self.mirrored = 0  # tracks the last update() followed with mirror averaging
         self._ids = itertools.count(1)
 
     def reset(self) -> None:
@@ -256,10 +263,19 @@ class FaceTracker:
     def _follow(self, frame: np.ndarray) -> None:
         """Move every track to this frame: crop from its last landmarks (Track.crop_box), drop the ones whose
         score says lost."""
+        self.mirrored = 0
         if not self.tracks:
             return
-        faces = self.landmarker.predict_faces([frame] * len(self.tracks), [t.crop_box() for t in self.tracks],
-                                               self.mirror)
+        mirrored = [self.mirror or (self.mirror_hidden and t.has_hidden()) for t in self.tracks]
+        faces: List[FaceLandmarks] = [None] * len(self.tracks)  # type: ignore[list-item]
+        for flag in (False, True):  # one batch per setting
+            chosen = [i for i, m in enumerate(mirrored) if m == flag]
+            if chosen:
+                got = self.landmarker.predict_faces([frame] * len(chosen), [self.tracks[i].crop_box() for i in chosen],
+                                                    flag)
+                for i, face in zip(chosen, got):
+                    faces[i] = face
+        self.mirrored = sum(mirrored)
         kept = []
         for track, face in zip(self.tracks, faces):
             if face.score is not None and face.score < self.lost_score:

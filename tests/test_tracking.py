@@ -22,10 +22,11 @@ class ScoredBackend:
         self.inner, self.score, self.visibility = inner, score, visibility
         self.name, self.precision, self.max_batch = inner.name, inner.precision, inner.max_batch
         self.outputs = ("landmarks", "visibility", "face_score")
-        self.calls = 0
+        self.calls, self.batches = 0, []
 
     def run(self, x):
         self.calls += 1
+        self.batches.append(len(x))
         out = self.inner.run(x)
         n = len(x)
         score = self.score(x) if callable(self.score) else np.full(n, self.score, np.float32)
@@ -254,6 +255,24 @@ def test_hidden_points_are_completed_from_the_remembered_shape_by_their_visibili
     np.testing.assert_array_equal(track.landmarks(complete_hidden=False), guessed)
     track.face = FaceLandmarks((0, 0, 1, 1), guessed, np.ones(68), 0.9)  # nothing hidden: the model's points
     np.testing.assert_array_equal(track.landmarks(complete_hidden=True), guessed)
+
+
+@needs_data
+def test_mirror_hidden_mirrors_only_a_track_whose_last_frame_had_a_hidden_point(onnx_model, faces_val):
+    seq = sequence(faces_val[1])
+    det = LandmarkDetector(onnx_model)
+    det.backend = backend = ScoredBackend(det.backend, score=0.9)
+    tracker = det.tracker(detect_every=1000, mirror_hidden=True)
+    crops, mirrored = [], []
+    for t, frame in enumerate(seq.frames[:6]):
+        backend.visibility = 0.2 if t in (2, 3) else 1.0  # the model calls every point hidden on frames 2 and 3
+        backend.batches.clear()
+        tracker.update(frame)
+        crops.append(sum(backend.batches))
+        mirrored.append(tracker.mirrored)
+    # frame 0 detects; a frame is mirrored (two crops: the crop and its mirror image) after a frame with hidden points
+    assert mirrored == [0, 0, 0, 1, 1, 0]
+    assert crops[1:] == [1, 1, 2, 2, 1]
 
 
 @needs_data

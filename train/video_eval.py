@@ -19,6 +19,7 @@ without a tracker, as before tracking existed):
   tracked       share of occluded frames (the occluder covers >= 10 % of the face box) with the face
                 returned and NMSE < 15 (also per occluder in the JSON); returned: with the face returned
   ms tracked / ms detection   median time of an update without / with face detection
+  mirrored_share              share of the updates without detection that ran mirror averaging
 """
 from __future__ import annotations
 
@@ -177,6 +178,7 @@ class Track:
     visibility: np.ndarray  # (T, 68), 1 when the model has no heads
     seconds: np.ndarray  # (T,)
     detection: np.ndarray  # (T,) bool: the frame ran the face detector
+    mirrored: np.ndarray  # (T,) bool: the frame followed its track with mirror averaging
 
 
 def pick(faces, truth: np.ndarray):
@@ -187,23 +189,24 @@ def pick(faces, truth: np.ndarray):
 
 
 def run_mode(det: LandmarkDetector, seq: Sequence, mode: str, smoothing: OneEuro, mirror: bool = False,
-             complete_hidden: bool = True) -> Track:
+             mirror_hidden: bool = False, complete_hidden: bool = True) -> Track:
     tracker = (det.tracker(smoothing=smoothing if mode == "tracker" else None, mirror=mirror,
-                           complete_hidden=complete_hidden) if mode != "detect" else None)
+                           mirror_hidden=mirror_hidden, complete_hidden=complete_hidden) if mode != "detect" else None)
     T = len(seq.frames)
     pts, vis = np.full((T, 68, 2), np.nan), np.ones((T, 68))
-    secs, detection = np.zeros(T), np.zeros(T, bool)
+    secs, detection, mirrored = np.zeros(T), np.zeros(T, bool), np.zeros(T, bool)
     for t, frame in enumerate(seq.frames):
         t0 = time.perf_counter()
         faces = det.detect(frame, mirror=mirror) if tracker is None else tracker.update(frame)
         secs[t] = time.perf_counter() - t0
         detection[t] = tracker is None or tracker.ran_detection
+        mirrored[t] = mirror if tracker is None else tracker.mirrored > 0
         face = pick(faces, seq.truth[t])
         if face is not None:
             pts[t] = face.landmarks
             if face.visibility is not None:
                 vis[t] = face.visibility
-    return Track(pts, vis, secs, detection)
+    return Track(pts, vis, secs, detection, mirrored)
 
 
 def smooth(raw: Track, params: OneEuro, fps: float = 30.0) -> np.ndarray:
@@ -250,6 +253,7 @@ def metrics(seqs: list[Sequence], points: list[np.ndarray], tracks: list[Track] 
         out["ms_tracked"] = float(np.median(secs[~det]) * 1000) if (~det).any() else None
         out["ms_detection"] = float(np.median(secs[det]) * 1000) if det.any() else None
         out["detection_share"] = float(det.mean())
+        out["mirrored_share"] = float(np.concatenate([t.mirrored for t in tracks])[~det].mean()) if (~det).any() else None
     out["occluded_tracked_by_occluder"] = {k: float(np.mean(v)) for k, v in by_occluder.items() if v}
     return out
 
@@ -269,6 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--mirror", action="store_true",
                     help="mirror averaging on every landmark pass (core.mirror): twice the network's cost per frame; "
                          "off by default, as in the tracker")
+    ap.add_argument("--mirror-hidden", action="store_true",
+                    help="mirror averaging only on frames whose track had a hidden point (FaceTracker mirror_hidden)")
     ap.add_argument("--no-complete-hidden", dest="complete_hidden", action="store_false",
                     help="output the model's guesses for hidden points instead of blending them with the track's "
                          "remembered shape (FaceTracker complete_hidden)")
@@ -282,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     det = LandmarkDetector(args.model, **({"threads": args.threads} if args.model.suffix == ".onnx" else {}))
     seqs = build_sequences(args.faces, args.masks, args.split, args.faces_per_kind)
     modes = ("raw",) if args.sweep else chosen
-    runs = {m: [run_mode(det, s, m, OneEuro(), args.mirror, args.complete_hidden)
+    runs = {m: [run_mode(det, s, m, OneEuro(), args.mirror, args.mirror_hidden, args.complete_hidden)
                 for s in Progress(seqs, desc=m, unit="seq")] for m in modes}
     if args.sweep:
         results = {}
@@ -307,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, row in results.items():
         print(f"| {name} | " + " | ".join("n/a" if row[k] is None else f"{row[k]:.3f}" for k in keys) + " |")
     doc = {"model": str(args.model), "split": args.split, "sequences": len(seqs), "frames": FRAMES,
-           "mirror": args.mirror, "complete_hidden": args.complete_hidden, "defaults": OneEuro().__dict__,
+           "mirror": args.mirror, "mirror_hidden": args.mirror_hidden, "complete_hidden": args.complete_hidden, "defaults": OneEuro().__dict__,
            "results": results}
     if args.json:
         write_json(args.json, doc)
