@@ -207,9 +207,9 @@ class FaceTracker:
     ``detect_max_side``: the longest side frames are shrunk to for the face detector; ``mirror``: mirror
     averaging (core.mirror) on every landmark pass, off by default: it doubles a tracked frame's cost, and the
     smoothing already averages over frames; ``mirror_hidden``: mirror averaging only for tracks whose latest
-    frame had a hidden point (an occluder is on the face), where one pass is least accurate; ``complete_hidden``: output each point blended between the
-    model's guess and the track's remembered unoccluded shape by its visibility (Track.landmarks; the
-    numbers are in docs/end_to_end.md).
+    frame had a hidden point (an occluder is on the face), where one pass is least accurate;
+    ``complete_hidden``: output each point blended between the model's guess and the track's remembered
+    unoccluded shape by its visibility (Track.landmarks; the numbers are in docs/end_to_end.md).
     """
 
     def __init__(self, landmarker: "LandmarkDetector", detector: str = "auto", detect_every: int = 30,

@@ -190,8 +190,9 @@ def pick(faces, truth: np.ndarray):
 
 def run_mode(det: LandmarkDetector, seq: Sequence, mode: str, smoothing: OneEuro, mirror: bool = False,
              mirror_hidden: bool = False, complete_hidden: bool = True) -> Track:
-    tracker = (det.tracker(smoothing=smoothing if mode == "tracker" else None, mirror=mirror,
-                           mirror_hidden=mirror_hidden, complete_hidden=complete_hidden) if mode != "detect" else None)
+    tracker = None if mode == "detect" else det.tracker(
+        smoothing=smoothing if mode == "tracker" else None, mirror=mirror, mirror_hidden=mirror_hidden,
+        complete_hidden=complete_hidden)
     T = len(seq.frames)
     pts, vis = np.full((T, 68, 2), np.nan), np.ones((T, 68))
     secs, detection, mirrored = np.zeros(T), np.zeros(T, bool), np.zeros(T, bool)
@@ -253,7 +254,8 @@ def metrics(seqs: list[Sequence], points: list[np.ndarray], tracks: list[Track] 
         out["ms_tracked"] = float(np.median(secs[~det]) * 1000) if (~det).any() else None
         out["ms_detection"] = float(np.median(secs[det]) * 1000) if det.any() else None
         out["detection_share"] = float(det.mean())
-        out["mirrored_share"] = float(np.concatenate([t.mirrored for t in tracks])[~det].mean()) if (~det).any() else None
+        mirrored = np.concatenate([t.mirrored for t in tracks])[~det]
+        out["mirrored_share"] = float(mirrored.mean()) if mirrored.size else None
     out["occluded_tracked_by_occluder"] = {k: float(np.mean(v)) for k, v in by_occluder.items() if v}
     return out
 
@@ -313,8 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, row in results.items():
         print(f"| {name} | " + " | ".join("n/a" if row[k] is None else f"{row[k]:.3f}" for k in keys) + " |")
     doc = {"model": str(args.model), "split": args.split, "sequences": len(seqs), "frames": FRAMES,
-           "mirror": args.mirror, "mirror_hidden": args.mirror_hidden, "complete_hidden": args.complete_hidden, "defaults": OneEuro().__dict__,
-           "results": results}
+           "mirror": args.mirror, "mirror_hidden": args.mirror_hidden, "complete_hidden": args.complete_hidden,
+           "defaults": OneEuro().__dict__, "results": results}
     if args.json:
         write_json(args.json, doc)
         print(f"wrote {args.json}")
